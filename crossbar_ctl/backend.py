@@ -1,0 +1,384 @@
+"""The Backend interface: the crossbar operations every array (simulated or real) offers, and the registry.
+
+Units are SI throughout: volts, seconds, siemens, amperes. A backend holds ``n_tiles`` tiles; tile ``t`` has
+``rows × cols`` devices. The public methods here check their arguments once (tile index, shape, dtype,
+finiteness, range and the ``[limits]`` of the run) and then call the backend's ``_``-prefixed
+implementation, which may therefore trust its inputs:
+
+* ``v`` arrays reach ``_read_vmm``/``_read_vmm_t`` as C-contiguous float32 of shape (batch, lines);
+* drives reach ``_outer_pulse`` as float64 in [0, 1]; ``polarity`` is +1 or −1; ``slots`` ≥ 1;
+* pulse counts reach ``_program`` as C-contiguous int32 (rows, cols) within ±max_pulses_per_device;
+* every voltage and width is within the limits and has the sign its polarity needs.
+
+Backends register under the entry-point group ``crossbar_ctl.backends``; :func:`connect` finds them by name.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import numpy as np
+
+from crossbar_ctl.config import RunConfig, config_from_dict, load_config
+from crossbar_ctl.errors import BackendError, LimitError
+
+ENTRY_POINT_GROUP = "crossbar_ctl.backends"
+
+OuterMode = Literal["stochastic", "expected"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do natively and how fast (so that the controller can plan and warn)."""
+
+    tile_shapes: tuple[tuple[int, int], ...]
+    native_vmm: bool = True
+    native_outer_pulse: bool = True
+    outer_modes: tuple[str, ...] = ("stochastic", "expected")
+    slow: bool = False
+    op_time_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One array operation as it was sent: enough to replay it (large arrays are passed by reference)."""
+
+    seq: int
+    kind: str
+    tile: int
+    params: dict[str, Any]
+
+
+class Backend(abc.ABC):
+    """A crossbar array (or several tiles of them). Use as a context manager: exit leaves it safe and closed."""
+
+    kind: ClassVar[str] = "abstract"
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.seq = 0
+        self._listeners: list[Callable[[OpRecord], None]] = []
+        self._closed = False
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, config: RunConfig) -> "Backend":
+        """Open the backend a run config describes."""
+        return cls(config)
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities()
+
+    @property
+    def tile_shapes(self) -> tuple[tuple[int, int], ...]:
+        return self.capabilities.tile_shapes
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tile_shapes)
+
+    def shape(self, tile: int) -> tuple[int, int]:
+        """(rows, cols) of ``tile``."""
+        self._check_tile(tile)
+        return self.tile_shapes[tile]
+
+    # ----------------------------------------------------------------- op log hook
+    def add_listener(self, fn: Callable[[OpRecord], None]) -> None:
+        """Call ``fn(record)`` after every array operation (the op log attaches here)."""
+        self._listeners.append(fn)
+
+    def _emit(self, kind: str, tile: int, **params: Any) -> None:
+        self.seq += 1
+        if self._listeners:
+            rec = OpRecord(self.seq, kind, tile, params)
+            for fn in self._listeners:
+                fn(rec)
+
+    # ----------------------------------------------------------------- read operations
+    def read_vmm(self, tile: int, v_rows: np.ndarray) -> np.ndarray:
+        """Forward multiply: drive rows with ``v_rows`` (V), shape (rows,) or (batch, rows); return column
+        currents i_cols = Gᵀ v (A), shape (cols,) or (batch, cols), with read noise and DAC/ADC effects."""
+        rows, cols = self.shape(tile)
+        v, one = self._check_voltages(v_rows, rows, "v_rows")
+        out = self._read_vmm(tile, v)
+        self._emit("read_vmm", tile, batch=v.shape[0])
+        return out[0] if one else out
+
+    def read_vmm_t(self, tile: int, v_cols: np.ndarray) -> np.ndarray:
+        """Transpose multiply: drive columns with ``v_cols`` (V), shape (cols,) or (batch, cols); return row
+        currents i_rows = G v (A), shape (rows,) or (batch, rows)."""
+        rows, cols = self.shape(tile)
+        v, one = self._check_voltages(v_cols, cols, "v_cols")
+        out = self._read_vmm_t(tile, v)
+        self._emit("read_vmm_t", tile, batch=v.shape[0])
+        return out[0] if one else out
+
+    def read_conductance(self, tile: int) -> np.ndarray:
+        """Read every device of ``tile`` (at the read voltage, with read noise): G, shape (rows, cols), siemens."""
+        self._check_tile(tile)
+        out = self._read_conductance(tile)
+        self._emit("read_conductance", tile)
+        return out
+
+    def read_cell(self, tile: int, row: int, col: int, v_read_V: float | None = None) -> float:
+        """Current (A) through one device read at ``v_read_V`` (default ``[read].v_read_V``)."""
+        self._check_cell(tile, row, col)
+        v = self.config.read.v_read_V if v_read_V is None else float(v_read_V)
+        self._check_amplitude(v, "v_read_V")
+        out = float(self._read_cell(tile, row, col, v))
+        self._emit("read_cell", tile, row=row, col=col, v_read_V=v)
+        return out
+
+    # ----------------------------------------------------------------- write operations
+    def outer_pulse(
+        self,
+        tile: int,
+        row_drive: np.ndarray,
+        col_drive: np.ndarray,
+        polarity: int,
+        slots: int,
+        *,
+        mode: OuterMode = "stochastic",
+        v_pulse_V: float | None = None,
+        width_s: float | None = None,
+    ) -> None:
+        """One parallel rank-1 pulse phase. In each of ``slots`` slots row i fires with probability
+        ``row_drive[i]`` and column j with ``col_drive[j]``; device (i, j) takes a pulse of sign ``polarity``
+        where both fire, so its count is Binomial(slots, row_drive[i]·col_drive[j]) (``mode="stochastic"``) or
+        the stochastically rounded mean slots·p·q (``mode="expected"``)."""
+        rows, cols = self.shape(tile)
+        p = self._check_drive(row_drive, rows, "row_drive")
+        q = self._check_drive(col_drive, cols, "col_drive")
+        if polarity not in (1, -1):
+            raise ValueError(f"polarity must be +1 or -1, got {polarity!r}")
+        if mode not in self.capabilities.outer_modes:
+            raise ValueError(f"mode must be one of {self.capabilities.outer_modes}, got {mode!r}")
+        slots = int(slots)
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        if slots > self.limits.max_pulses_per_device:
+            raise LimitError("max_pulses_per_device", slots, self.limits.max_pulses_per_device, "outer_pulse slots")
+        v, w = self._pulse_shape(polarity, v_pulse_V, width_s)
+        self._outer_pulse(tile, p, q, polarity, slots, mode, v, w)
+        self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
+                   v_pulse_V=v, width_s=w)
+
+    def program(
+        self,
+        tile: int,
+        pulses: np.ndarray,
+        *,
+        v_set_V: float | None = None,
+        v_reset_V: float | None = None,
+        width_s: float | None = None,
+    ) -> None:
+        """Apply a signed integer pulse count per device (rows, cols), row by row: n > 0 potentiating pulses at
+        ``v_set_V``, n < 0 depressing pulses at ``v_reset_V`` (defaults from ``[pulse]``)."""
+        rows, cols = self.shape(tile)
+        arr = np.asarray(pulses)
+        if arr.shape != (rows, cols):
+            raise ValueError(f"pulses must have shape {(rows, cols)} for tile {tile}, got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"pulses must be integer counts, got dtype {arr.dtype}")
+        if arr.size:
+            peak = int(np.abs(arr).max())
+            if peak > self.limits.max_pulses_per_device:
+                raise LimitError("max_pulses_per_device", peak, self.limits.max_pulses_per_device, "program")
+        vs, w = self._pulse_shape(1, v_set_V, width_s)
+        vr, _ = self._pulse_shape(-1, v_reset_V, width_s)
+        counts = np.ascontiguousarray(arr, dtype=np.int32)
+        self._program(tile, counts, vs, vr, w)
+        self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
+
+    def pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int = 1) -> None:
+        """Apply ``count`` pulses of ``v_pulse_V`` (sign = polarity) and ``width_s`` to one device."""
+        self._check_cell(tile, row, col)
+        count = int(count)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if count > self.limits.max_pulses_per_device:
+            raise LimitError("max_pulses_per_device", count, self.limits.max_pulses_per_device, "pulse_cell")
+        v = float(v_pulse_V)
+        self._check_amplitude(v, "v_pulse_V")
+        w = self._check_width(width_s)
+        self._pulse_cell(tile, row, col, v, w, count)
+        self._emit("pulse_cell", tile, row=row, col=col, v_pulse_V=v, width_s=w, count=count)
+
+    # ----------------------------------------------------------------- lifecycle
+    def describe(self) -> dict[str, Any]:
+        """What this backend is: kind, identity, tiles, and anything a results file should record."""
+        return {"kind": self.kind, "tiles": [list(s) for s in self.tile_shapes], **self._describe()}
+
+    def safe_state(self) -> None:
+        """Outputs off, every line grounded. Safe to call at any time, repeatedly."""
+        self._safe_state()
+
+    def close(self) -> None:
+        """Leave the array safe and release it. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self._safe_state()
+        finally:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- implementation hooks
+    @abc.abstractmethod
+    def _capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def _read_vmm(self, tile: int, v: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _read_vmm_t(self, tile: int, v: np.ndarray) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _read_conductance(self, tile: int) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _read_cell(self, tile: int, row: int, col: int, v_read_V: float) -> float: ...
+
+    @abc.abstractmethod
+    def _outer_pulse(self, tile: int, p: np.ndarray, q: np.ndarray, polarity: int, slots: int,
+                     mode: str, v_pulse_V: float, width_s: float) -> None: ...
+
+    @abc.abstractmethod
+    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> None: ...
+
+    @abc.abstractmethod
+    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int) -> None: ...
+
+    def _describe(self) -> dict[str, Any]:
+        return {}
+
+    def _safe_state(self) -> None:
+        """Default: nothing is driven between operations (the simulator); instruments override."""
+
+    def _close(self) -> None:
+        """Release resources; instruments override."""
+
+    # ----------------------------------------------------------------- checks
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.kind} backend is closed")
+
+    def _check_tile(self, tile: int) -> None:
+        self._check_open()
+        n = len(self.tile_shapes)
+        if not isinstance(tile, (int, np.integer)) or not 0 <= tile < n:
+            raise IndexError(f"tile must be an integer in [0, {n - 1}], got {tile!r}")
+
+    def _check_cell(self, tile: int, row: int, col: int) -> None:
+        rows, cols = self.shape(tile)
+        if not (isinstance(row, (int, np.integer)) and 0 <= row < rows):
+            raise IndexError(f"row must be in [0, {rows - 1}] for tile {tile}, got {row!r}")
+        if not (isinstance(col, (int, np.integer)) and 0 <= col < cols):
+            raise IndexError(f"col must be in [0, {cols - 1}] for tile {tile}, got {col!r}")
+
+    def _check_voltages(self, v: np.ndarray, n: int, name: str) -> tuple[np.ndarray, bool]:
+        arr = np.asarray(v)
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{name} must be a real array of volts, got dtype {arr.dtype}")
+        one = arr.ndim == 1
+        if one:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != n:
+            raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.size:
+            peak = float(np.abs(arr).max())
+            if not np.isfinite(peak):
+                raise ValueError(f"{name} contains NaN or infinity")
+            if peak > self.limits.max_voltage_V:
+                raise LimitError("max_voltage_V", peak, self.limits.max_voltage_V, name)
+        return arr, one
+
+    def _check_drive(self, d: np.ndarray, n: int, name: str) -> np.ndarray:
+        arr = np.ascontiguousarray(d, dtype=np.float64)
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},), got {np.shape(d)}")
+        if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
+            bad = arr[~((arr >= 0.0) & (arr <= 1.0))][0]
+            raise ValueError(f"{name} entries are firing probabilities in [0, 1], got {bad!r}")
+        return arr
+
+    def _check_amplitude(self, v: float, name: str) -> None:
+        if not np.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v!r}")
+        if abs(v) > self.limits.max_voltage_V:
+            raise LimitError("max_voltage_V", abs(v), self.limits.max_voltage_V, name)
+
+    def _check_width(self, width_s: float) -> float:
+        w = float(width_s)
+        if not (np.isfinite(w) and w > 0):
+            raise ValueError(f"width_s must be a positive number of seconds, got {width_s!r}")
+        if w > self.limits.max_pulse_width_s:
+            raise LimitError("max_pulse_width_s", w, self.limits.max_pulse_width_s, "width_s")
+        return w
+
+    def _pulse_shape(self, polarity: int, v: float | None, width_s: float | None) -> tuple[float, float]:
+        pulse = self.config.pulse
+        if v is None:
+            v = pulse.v_set_V if polarity > 0 else pulse.v_reset_V
+        v = float(v)
+        if v == 0 or np.sign(v) != polarity:
+            raise ValueError(f"pulse amplitude {v:g} V does not match polarity {polarity:+d}")
+        self._check_amplitude(v, "v_pulse_V")
+        w = self._check_width(pulse.width_s if width_s is None else width_s)
+        return v, w
+
+
+# --------------------------------------------------------------------- registry
+_REGISTERED: dict[str, type[Backend]] = {}
+
+
+def register_backend(name: str, cls: type[Backend]) -> None:
+    """Register a backend class in-process (installed packages use the entry-point group instead)."""
+    _REGISTERED[name] = cls
+
+
+def available_backends() -> list[str]:
+    """Names of every installed or registered backend kind."""
+    names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names | set(_REGISTERED))
+
+
+def backend_class(kind: str) -> type[Backend]:
+    """The class registered as ``kind``; an unknown kind lists the installed ones."""
+    if kind in _REGISTERED:
+        return _REGISTERED[kind]
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            try:
+                cls = ep.load()
+            except Exception as err:  # a broken plugin must say which one
+                raise BackendError(f"backend {kind!r} ({ep.value}) failed to load: {err}") from err
+            return cls
+    known = ", ".join(available_backends()) or "(none)"
+    raise BackendError(f"unknown backend kind {kind!r}; installed backends: {known}")
+
+
+def connect(config_or_path: RunConfig | str | Path | dict[str, Any] | None = None) -> Backend:
+    """Open the backend named by ``[backend].kind`` of a run config (object, dict or TOML path)."""
+    if config_or_path is None or isinstance(config_or_path, (str, Path)):
+        cfg = load_config(config_or_path)
+    elif isinstance(config_or_path, dict):
+        cfg = config_from_dict(config_or_path)
+    elif isinstance(config_or_path, RunConfig):
+        cfg = config_or_path
+    else:
+        raise TypeError(f"connect() takes a RunConfig, a dict or a path, got {type(config_or_path).__name__}")
+    return backend_class(cfg.backend.kind).from_config(cfg)

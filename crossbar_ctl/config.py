@@ -1,0 +1,267 @@
+"""The run configuration: pydantic models for a whole run, loaded from one TOML file.
+
+Sections: ``[backend]`` ``[array]`` ``[device]`` ``[read]`` ``[pulse]`` ``[limits]`` ``[training]``
+``[logging]``, plus the top-level ``seed``. Unknown keys are errors; every error names the file, the key path
+and what was expected. Units are SI; a key's name carries its unit where it is not obvious (``_V``, ``_s``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crossbar_ctl.devices import DeviceConfig, expand_preset
+from crossbar_ctl.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendSection(_Section):
+    kind: str = Field("sim", description='backend entry point: "sim", "visa", "serial" or any installed one')
+    address: str = Field("", description="VISA resource or serial port/URL; unused by the simulator")
+    timeout_s: float = Field(5.0, gt=0, description="timeout of one instrument call (s)")
+    retries: int = Field(3, ge=0, description="reconnect attempts after a lost connection")
+
+
+class ArraySection(_Section):
+    tiles: int = Field(2, ge=1, description="number of tiles (crossbar arrays)")
+    rows: int | list[int] = Field([785, 101], description="rows per tile (one value for all, or one per tile)")
+    cols: int | list[int] = Field([200, 20], description="columns per tile (one value for all, or one per tile)")
+    mapping: Literal["differential"] = Field("differential", description="signed weight = (G+ - G-)/G_scale")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ArraySection":
+        for key in ("rows", "cols"):
+            value = getattr(self, key)
+            values = value if isinstance(value, list) else [value]
+            if isinstance(value, list) and len(value) != self.tiles:
+                raise ValueError(f"{key} lists {len(value)} values but tiles = {self.tiles}")
+            if any(v < 1 for v in values):
+                raise ValueError(f"{key} must be positive, got {value}")
+        return self
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """(rows, cols) of every tile."""
+        rows = self.rows if isinstance(self.rows, list) else [self.rows] * self.tiles
+        cols = self.cols if isinstance(self.cols, list) else [self.cols] * self.tiles
+        return list(zip(rows, cols))
+
+
+class ReadSection(_Section):
+    v_read_V: float = Field(0.2, gt=0, description="full-scale read voltage of the row/column DACs (V)")
+    read_noise: float = Field(0.0, ge=0, le=1, description="per-device read noise, std relative to G")
+    dac_bits: int = Field(0, ge=0, le=24, description="input DAC resolution (0 = ideal)")
+    adc_bits: int = Field(0, ge=0, le=24, description="output ADC resolution (0 = ideal)")
+    adc_full_scale_A: float = Field(
+        0.0, ge=0, description="ADC full scale |I| (A); 0 = v_read_V * Gmax * rows (worst case)"
+    )
+
+
+class PulseSection(_Section):
+    v_set_V: float = Field(2.0, gt=0, description="potentiating (set) pulse amplitude (V)")
+    v_reset_V: float = Field(-2.0, lt=0, description="depressing (reset) pulse amplitude (V)")
+    width_s: float = Field(1e-6, gt=0, description="programming pulse width (s)")
+
+
+class LimitsSection(_Section):
+    max_voltage_V: float = Field(3.0, gt=0, description="largest |V| any line may be driven to (V)")
+    max_pulse_width_s: float = Field(1e-3, gt=0, description="longest pulse (s)")
+    max_pulses_per_device: int = Field(1000, ge=1, description="most pulses one device may take in one operation")
+    compliance_current_A: float = Field(1e-4, gt=0, description="current compliance on sourcing operations (A)")
+    max_energy_per_op_J: float = Field(1e-3, gt=0, description="largest estimated energy of one operation (J)")
+
+
+class TrainingSection(_Section):
+    dataset: Literal["mnist"] = Field("mnist", description="data set name (the bundled MNIST subset)")
+    data_dir: str | None = Field(None, description="directory of MNIST-format IDX files instead of the bundled set")
+    limit_train: int | None = Field(None, ge=1, description="use only the first n training images")
+    limit_test: int | None = Field(None, ge=1, description="use only the first n test images")
+    hidden: list[int] = Field([100], description="hidden layer widths (784-100-10 by default)")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    batch_size: int = Field(64, ge=1, description="samples per update (1 for sgd)")
+    learning_rate: float = Field(0.1, gt=0, description="learning rate (weight units per unit gradient)")
+    method: Literal["sgd", "mbgd", "svd", "streaming-pca", "nmf"] = Field("mbgd", description="gradient compressor")
+    rank: int = Field(4, ge=1, description="rank k of the decomposition (svd, streaming-pca, nmf)")
+    mode: Literal["rank-seq", "rank-sum"] = Field(
+        "rank-seq", description="rank-seq: outer-product pulse phases; rank-sum: host reconstruction, row programs"
+    )
+    stochastic_rounding: bool = Field(True, description="round pulse counts stochastically (off: round to nearest)")
+    outer_slots: int = Field(32, ge=1, description="pulse slots per rank-seq phase (the most pulses a device can take)")
+    outer_mode: Literal["stochastic", "expected"] = Field(
+        "stochastic", description="rank-seq coincidence: Binomial(slots, p*q), or its stochastically rounded mean"
+    )
+    weight_range: float = Field(1.0, gt=0, description="|w| when one device of a pair is at Gmax, the other at Gmin")
+    write_verify: bool = Field(True, description="program initial weights with read-back and correction")
+    checkpoint_every: int = Field(1, ge=1, description="checkpoint every n epochs")
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    progress: bool = Field(True, description="show progress bars")
+    op_log: bool = Field(True, description="append every array operation to the run's op log")
+
+
+class RunConfig(_Section):
+    """A whole run. ``source`` is the file it came from (for messages), not a TOML key."""
+
+    seed: int = Field(0, ge=0, description="seed of every random draw in the run")
+    backend: BackendSection = BackendSection()
+    array: ArraySection = ArraySection()
+    device: DeviceConfig = Field(default_factory=lambda: _default_device())
+    read: ReadSection = ReadSection()
+    pulse: PulseSection = PulseSection()
+    limits: LimitsSection = LimitsSection()
+    training: TrainingSection = TrainingSection()
+    logging: LoggingSection = LoggingSection()
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return expand_preset(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_pulses_within_limits(self) -> "RunConfig":
+        for key, v in (("v_set_V", self.pulse.v_set_V), ("v_reset_V", self.pulse.v_reset_V)):
+            if abs(v) > self.limits.max_voltage_V:
+                raise ValueError(
+                    f"pulse.{key} = {v:g} V exceeds limits.max_voltage_V = {self.limits.max_voltage_V:g} V"
+                )
+        if self.pulse.width_s > self.limits.max_pulse_width_s:
+            raise ValueError(
+                f"pulse.width_s = {self.pulse.width_s:g} s exceeds limits.max_pulse_width_s = "
+                f"{self.limits.max_pulse_width_s:g} s"
+            )
+        if self.read.v_read_V > self.limits.max_voltage_V:
+            raise ValueError(f"read.v_read_V = {self.read.v_read_V:g} V exceeds limits.max_voltage_V")
+        return self
+
+
+def _default_device() -> Any:
+    from crossbar_ctl.devices import NeuroSimExpDevice
+
+    return NeuroSimExpDevice(**{k: v for k, v in expand_preset({"preset": "agsi"}).items() if k != "model"})
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} error(s))"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        # drop the discriminator tag pydantic inserts for tagged unions ([device].neurosim-exp.x -> [device].x)
+        if len(loc) >= 2 and loc[0] == "device" and loc[1] in ("ideal", "neurosim-exp", "soft-bounds", "linear-step"):
+            loc = [loc[0]] + loc[2:]
+        if len(loc) > 1:
+            path = f"[{loc[0]}]." + ".".join(loc[1:])
+        elif loc:
+            path = f"[{loc[0]}]" if loc[0] in RunConfig.model_fields and loc[0] != "seed" else loc[0]
+        else:
+            path = "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {path}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a nested dict into a :class:`RunConfig`; errors name ``source`` and the key path."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+    except ValueError as err:  # preset expansion
+        raise ConfigError(f"{source}: [device]: {err}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a TOML run file (``None``: the defaults) and apply ``key.path=value`` overrides."""
+    source = str(path) if path is not None else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: no such config file")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{source}: not valid TOML: {err}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
+    for item in overrides or []:
+        apply_override(data, item, source="--set")
+    return config_from_dict(data, source)
+
+
+def apply_override(data: dict[str, Any], item: str, source: str = "--set") -> None:
+    """Apply ``section.key=value`` (value parsed as a TOML value, else taken as a string) to ``data``."""
+    if "=" not in item:
+        raise ConfigError(f"{source} {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source} {item!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as plain TOML-able data (None values dropped)."""
+    return _drop_none(cfg.model_dump(mode="json"))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML text."""
+    import tomli_w
+
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def default_toml() -> str:
+    """A complete default run file, every key commented with its meaning (``config show-defaults``)."""
+    import tomli_w
+
+    cfg = RunConfig()
+    out = [
+        "# crossbar-ctl run configuration (all units SI). Every key is shown with its default.",
+        "# [device] may instead be given as  preset = \"agsi\"  plus any keys to override.",
+        "",
+        f"seed = {cfg.seed}  # {RunConfig.model_fields['seed'].description}",
+    ]
+    for name in ("backend", "array", "device", "read", "pulse", "limits", "training", "logging"):
+        section = getattr(cfg, name)
+        out.append("")
+        out.append(f"[{name}]")
+        for key, field in type(section).model_fields.items():
+            value = getattr(section, key)
+            if value is None:
+                out.append(f"# {key} =   # {field.description} (unset by default)")
+                continue
+            text = json.dumps(value) if isinstance(value, list) else tomli_w.dumps({"v": value}).strip()[4:]
+            out.append(f"{key} = {text}  # {field.description}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,182 @@
+"""Device models: typed configs with the equations that define them, and the named presets.
+
+Every model in this file moves a device's conductance G (siemens) by an *affine pulse map*: one effective
+pulse applies ``G <- G + r·(G* − G)`` in the saturating models (rate r, target G* per polarity), or
+``G <- G + ΔG`` in the linear ones. ``n`` pulses therefore have the closed form
+
+    G_n = G* − (G* − G_0)·exp(−n·ρ)      with ρ = −ln(1 − r)       (saturating)
+    G_n = G_0 + n·ΔG                                                 (linear)
+
+valid for fractional n too (used by the effective-pulse rule). The state the simulator keeps per device is
+G itself: because each curve is self-similar, advancing by n pulses from any G never needs the inversion
+P(G) of the curve. The result is clipped to the device's [Gmin, Gmax].
+
+Effective-pulse rule (all models). A pulse of amplitude V (volts) and width t (seconds) counts as
+
+    n_eff = 0                                          if |V| <= V_th
+    n_eff = (|V| − V_th)/(V_ref − V_th) · t/t_ref      otherwise
+
+nominal pulses; V > 0 potentiates (G up), V < 0 depresses. Cycle-to-cycle noise is added once per write of
+n pulses to one device: ΔG_noise ~ N(0, σ_c2c·(Gmax − Gmin)·√n_eff), then G is clipped to [Gmin, Gmax].
+
+Device-to-device spread (drawn once per device from the run seed): Gmin·(1 + σ_gmin·z), Gmax·(1 + σ_gmax·z'),
+and the curve shape (A, or the step size) scaled by (1 + σ_shape·z''); z ~ N(0, 1). Stuck devices never move:
+a fraction is stuck at Gmin, another at Gmax.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _DeviceBase(BaseModel):
+    """Parameters shared by every model (SI units)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = Field(None, description="name of the preset these parameters came from")
+    g_min_S: float = Field(3.0769e-9, gt=0, description="lowest conductance Gmin (S)")
+    g_max_S: float = Field(38.462e-9, gt=0, description="highest conductance Gmax (S)")
+    sigma_c2c: float = Field(0.0, ge=0, le=1, description="cycle-to-cycle noise, fraction of Gmax-Gmin per sqrt(pulse)")
+    sigma_d2d_g_min: float = Field(0.0, ge=0, le=0.5, description="device-to-device relative spread of Gmin")
+    sigma_d2d_g_max: float = Field(0.0, ge=0, le=0.5, description="device-to-device relative spread of Gmax")
+    sigma_d2d_shape: float = Field(0.0, ge=0, le=0.5, description="device-to-device relative spread of A / step")
+    stuck_at_min_fraction: float = Field(0.0, ge=0, le=1, description="fraction of devices stuck at Gmin")
+    stuck_at_max_fraction: float = Field(0.0, ge=0, le=1, description="fraction of devices stuck at Gmax")
+    v_threshold_V: float = Field(1.2, ge=0, description="switching threshold |V|: pulses at or below do nothing")
+    v_ref_V: float = Field(2.0, gt=0, description="amplitude at which one pulse of width_ref_s is one nominal pulse")
+    width_ref_s: float = Field(1e-6, gt=0, description="pulse width of one nominal pulse (s)")
+    half_select_disturb: float = Field(
+        0.0, ge=0, le=1, description="probability that a half-selected device (V/2) takes one pulse per slot"
+    )
+
+    @model_validator(mode="after")
+    def _check_common(self) -> "_DeviceBase":
+        if self.g_max_S <= self.g_min_S:
+            raise ValueError(f"g_max_S ({self.g_max_S:g}) must be greater than g_min_S ({self.g_min_S:g})")
+        if self.v_ref_V <= self.v_threshold_V:
+            raise ValueError(f"v_ref_V ({self.v_ref_V:g}) must be above v_threshold_V ({self.v_threshold_V:g})")
+        if self.stuck_at_min_fraction + self.stuck_at_max_fraction > 1:
+            raise ValueError("stuck_at_min_fraction + stuck_at_max_fraction must not exceed 1")
+        return self
+
+    @property
+    def g_range_S(self) -> float:
+        return self.g_max_S - self.g_min_S
+
+    def mean_step_S(self) -> float:
+        """Mean |ΔG| of one nominal pulse over the window (used to turn weight updates into pulse counts)."""
+        up, down = self.levels_up_down()
+        return 0.5 * self.g_range_S * (1.0 / up + 1.0 / down)
+
+    def levels_up_down(self) -> tuple[float, float]:
+        """Number of nominal pulses that sweep the full window up and down."""
+        raise NotImplementedError
+
+
+class IdealDevice(_DeviceBase):
+    """Linear, symmetric, noise-free: ΔG = ±(Gmax − Gmin)/levels per pulse (the software reference)."""
+
+    model: Literal["ideal"] = Field("ideal", description="device model")
+    levels: int = Field(1000, ge=2, description="pulses from Gmin to Gmax")
+
+    def levels_up_down(self) -> tuple[float, float]:
+        return float(self.levels), float(self.levels)
+
+
+class NeuroSimExpDevice(_DeviceBase):
+    """NeuroSim's exponential potentiation/depression curves.
+
+    G_LTP(P) = B_p(1 − e^(−P/A_p)) + Gmin,       B_p = (Gmax − Gmin)/(1 − e^(−Pmax_p/A_p))
+    G_LTD(P) = −B_d(1 − e^((P − Pmax_d)/A_d)) + Gmax,  B_d = (Gmax − Gmin)/(1 − e^(−Pmax_d/A_d))
+    Potentiation from Gmin reaches Gmax after Pmax_p pulses; depression from Gmax reaches Gmin after Pmax_d.
+    In closed form: potentiation targets G* = Gmin + B_p with ρ = 1/A_p; depression targets Gmax − B_d, ρ = 1/A_d.
+    """
+
+    model: Literal["neurosim-exp"] = Field("neurosim-exp", description="device model")
+    pmax_ltp: float = Field(97, gt=0, description="potentiation pulses from Gmin to Gmax (levels)")
+    pmax_ltd: float = Field(100, gt=0, description="depression pulses from Gmax to Gmin (levels)")
+    a_ltp: float = Field(48.42056, gt=0, description="potentiation nonlinearity A_p (pulses)")
+    a_ltd: float = Field(20.0303, gt=0, description="depression nonlinearity A_d (pulses)")
+
+    def levels_up_down(self) -> tuple[float, float]:
+        return float(self.pmax_ltp), float(self.pmax_ltd)
+
+
+class SoftBoundsDevice(_DeviceBase):
+    """Soft bounds (aihwkit-style): the step shrinks linearly towards the bound it approaches.
+
+    ΔG_up = dG·(1 + up_down)·(Gmax − G)/(Gmax − Gmin),   ΔG_down = dG·(1 − up_down)·(G − Gmin)/(Gmax − Gmin)
+    with dG = (Gmax − Gmin)/levels, so r_up = (1 + up_down)/levels, target Gmax (and r_down, target Gmin).
+    """
+
+    model: Literal["soft-bounds"] = Field("soft-bounds", description="device model")
+    levels: float = Field(100, ge=2, description="(Gmax − Gmin)/dG: the step at the far bound is dG")
+    up_down: float = Field(0.0, gt=-1, lt=1, description="asymmetry: up steps ×(1+up_down), down ×(1−up_down)")
+
+    def levels_up_down(self) -> tuple[float, float]:
+        return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
+
+
+class LinearStepDevice(_DeviceBase):
+    """Linear step (aihwkit-style) with a state-dependent slope.
+
+    ΔG_up = dG_up·(1 − γ_up·x),  ΔG_down = dG_down·(1 − γ_down·(1 − x)),  x = (G − Gmin)/(Gmax − Gmin),
+    dG_up = dG·(1 + up_down), dG_down = dG·(1 − up_down), dG = (Gmax − Gmin)/levels. γ = 0 is a pure linear step.
+    """
+
+    model: Literal["linear-step"] = Field("linear-step", description="device model")
+    levels: float = Field(100, ge=2, description="(Gmax − Gmin)/dG")
+    up_down: float = Field(0.0, gt=-1, lt=1, description="asymmetry of up and down steps")
+    gamma_up: float = Field(0.0, ge=0, lt=1, description="slope of the up step with state (0 = linear)")
+    gamma_down: float = Field(0.0, ge=0, lt=1, description="slope of the down step with state (0 = linear)")
+
+    def levels_up_down(self) -> tuple[float, float]:
+        return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
+
+
+DeviceConfig = Annotated[
+    Union[IdealDevice, NeuroSimExpDevice, SoftBoundsDevice, LinearStepDevice], Field(discriminator="model")
+]
+
+DEVICE_MODELS: dict[str, type[_DeviceBase]] = {
+    "ideal": IdealDevice,
+    "neurosim-exp": NeuroSimExpDevice,
+    "soft-bounds": SoftBoundsDevice,
+    "linear-step": LinearStepDevice,
+}
+
+# Presets. Each states its source.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Ag:a-Si synapse as parameterised in NeuroSim (Chen, Peng, Yu, "NeuroSim+", IEDM 2017, and the
+    # MLP+NeuroSim device table): Gmin = 1/325 MΩ, Gmax = 1/26 MΩ, 97 potentiation / 100 depression levels,
+    # nonlinearity labels +2.4 / −4.88 (A_p = 0.499181·Pmax_p, A_d = 0.200303·Pmax_d), cycle-to-cycle 3.5 %.
+    "agsi": {
+        "model": "neurosim-exp",
+        "g_min_S": 3.0769e-9,
+        "g_max_S": 38.462e-9,
+        "pmax_ltp": 97,
+        "pmax_ltd": 100,
+        "a_ltp": 0.499181 * 97,
+        "a_ltd": 0.200303 * 100,
+        "sigma_c2c": 0.035,
+    },
+    # The software-equivalent reference: linear, symmetric, 1000 levels, noise-free.
+    "ideal": {"model": "ideal", "levels": 1000},
+    # A generic symmetric soft-bounds device (aihwkit's SoftBoundsDevice defaults use ~1000 states with
+    # dw_min 0.001); 200 levels keeps it comparable to the agsi window.
+    "soft-bounds": {"model": "soft-bounds", "levels": 200, "up_down": 0.0},
+}
+
+
+def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``preset = "name"`` into explicit parameters; keys given beside the preset override it."""
+    name = data.get("preset")
+    if name is None:
+        return data
+    if name not in PRESETS:
+        raise ValueError(f"unknown device preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    merged = dict(PRESETS[name])
+    merged.update(data)
+    return merged

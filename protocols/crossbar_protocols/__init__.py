@@ -1,0 +1,1 @@
+"""Device characterisation protocols (see issue 5)."""
