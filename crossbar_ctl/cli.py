@@ -1,0 +1,134 @@
+"""The ``crossbar-ctl`` command: config checks, training, benchmarks."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from crossbar_ctl.config import default_toml, dump_toml, load_config
+from crossbar_ctl.errors import CrossbarError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="run file (TOML); defaults apply where absent")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key, e.g. --set training.epochs=2 (repeatable)")
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file, args.set)
+    sys.stdout.write(f"# {args.file}: valid\n")
+    sys.stdout.write(dump_toml(cfg))
+    return 0
+
+
+def cmd_config_defaults(args: argparse.Namespace) -> int:
+    sys.stdout.write(default_toml())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from crossbar_ctl.training.trainer import Trainer
+
+    if args.resume is not None:
+        ckpt_cfg = args.resume / "results.json"
+        if not ckpt_cfg.is_file():
+            raise CrossbarError(f"{args.resume}: no results.json to resume from")
+        from crossbar_ctl.config import config_from_dict
+
+        cfg = config_from_dict(json.loads(ckpt_cfg.read_text())["config"], str(ckpt_cfg))
+        out = args.resume
+    else:
+        cfg = load_config(args.config, args.set)
+        out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    trainer = Trainer(cfg, out, progress=not args.quiet)
+    print(f"training {cfg.training.method} ({cfg.training.mode}, rank {cfg.training.rank}) on "
+          f"{cfg.backend.kind} with device {cfg.device.preset or cfg.device.model}; run directory {out}",
+          flush=True)
+    res = trainer.run(resume=args.resume is not None)
+    print(f"final test accuracy {res['final_test_accuracy']:.4f}; results in {out / 'results.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "sim":
+        from crossbar_sim.bench import bench_sim
+
+        result = bench_sim()
+    else:
+        from crossbar_ctl.training.bench import bench_train
+
+        result = bench_train(quick=args.quick)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_tree(result)
+    return 0
+
+
+def _print_tree(obj: object, indent: int = 0) -> None:
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)):
+                print(f"{pad}{k}:")
+                _print_tree(v, indent + 1)
+            else:
+                print(f"{pad}{k}: {v}")
+    elif isinstance(obj, list):
+        for v in obj:
+            _print_tree(v, indent)
+            print()
+    else:
+        print(f"{pad}{obj}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossbar-ctl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_cfg = sub.add_parser("config", help="validate or show run configurations")
+    cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
+    p_check = cfg_sub.add_parser("check", help="validate FILE and print the resolved config (presets expanded)")
+    p_check.add_argument("file", type=Path)
+    p_check.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE")
+    p_check.set_defaults(func=cmd_config_check)
+    p_def = cfg_sub.add_parser("show-defaults", help="print a complete commented default run file")
+    p_def.set_defaults(func=cmd_config_defaults)
+
+    p_train = sub.add_parser("train", help="train the MLP on the array (simulator by default)")
+    _add_config_args(p_train)
+    p_train.add_argument("--out", "-o", type=Path, help="run directory (default runs/train-<time>)")
+    p_train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p_train.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p_train.set_defaults(func=cmd_train)
+
+    p_bench = sub.add_parser("bench", help="benchmarks (speed goals live here, not in tests)")
+    p_bench.add_argument("what", choices=["sim", "train"])
+    p_bench.add_argument("--json", action="store_true", help="print JSON")
+    p_bench.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
+    p_bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CrossbarError, FileNotFoundError, ValueError) as err:
+        print(f"crossbar-ctl: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossbar-ctl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The controller: weights <-> conductances, weight updates -> pulse operations, safety limits, op counts.
+
+Mapping. Layer ``l`` (``N`` inputs with the bias last, ``M`` outputs) sits on tile ``l``: rows 0..N−1, the
+G+ devices in columns 0..M−1 and their G− partners in columns M..2M−1 (tiles may be larger; the rest stays
+undriven). A weight is
+
+    w_ij = (G+_ij − G−_ij) / G_scale,      G_scale = (Gmax − Gmin) / (2 · weight_range)
+
+G− is each pair's reference: it is programmed once to mid-window and then left alone, while G+ moves up
+(potentiation) for Δw > 0 and down (depression) for Δw < 0, so that training sees the device's own
+asymmetric potentiation/depression. The array is the only copy of the weights: forward and backward
+passes use ``read_vmm``/``read_vmm_t``; nothing on the host absorbs an update.
+
+Updates. One nominal pulse moves a weight by dw = ΔG_mean / G_scale (ΔG_mean: the device's mean step). A
+desired update Δw = −lr·G becomes n = Δw/dw pulses:
+
+* rank-sum / dense: n is rounded stochastically (⌊n⌋ + Bernoulli(n − ⌊n⌋), unbiased: E[round(n)] = n) or to
+  nearest when stochastic rounding is off, then programmed row by row with ``program``;
+* rank-seq: each factor pair u vᵀ is split into sign quadrants (u±, v±); every non-empty quadrant is one
+  ``outer_pulse`` phase with drives p = s·a/max(a), q = s·b/max(b), s = √(n_max/slots), so that the expected
+  count slots·p_i·q_j equals lr·a_i·b_j/dw exactly. A non-negative pair needs one phase, a signed one up to
+  four. A phase that would need more than ``slots`` pulses at one device is split into equal phases.
+
+Every operation is checked against ``[limits]`` before it is sent: a violation raises :class:`LimitError`
+naming the limit; nothing is clamped.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crossbar_ctl.backend import Backend
+from crossbar_ctl.config import RunConfig
+from crossbar_ctl.decomposition.base import DenseUpdate, LowRankUpdate, Update
+from crossbar_ctl.errors import LimitError
+
+
+@dataclass
+class LayerMap:
+    """Where one layer lives on the array and how its weights scale to conductances."""
+
+    tile: int
+    n_in: int
+    n_out: int
+    g_scale_S: float
+    dw: float  # weight change of one nominal pulse
+
+
+@dataclass
+class OpCounts:
+    """What the hardware spent: array operations and device pulses (expected counts for rank-seq)."""
+
+    reads: int = 0  # vectors read (forward and transpose)
+    phases: int = 0  # outer_pulse phases
+    row_programs: int = 0  # rows programmed (rows with any nonzero count)
+    program_ops: int = 0
+    device_pulses: float = 0.0
+    per_device: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def array_ops(self) -> int:
+        return self.reads + self.phases + self.row_programs
+
+    def summary(self) -> dict[str, float]:
+        maxes = [float(p.max()) for p in self.per_device if p.size]
+        means = [float(p.mean()) for p in self.per_device if p.size]
+        return {
+            "array_ops": self.array_ops,
+            "reads": self.reads,
+            "phases": self.phases,
+            "row_programs": self.row_programs,
+            "device_pulses": float(self.device_pulses),
+            "max_pulses_per_device": max(maxes) if maxes else 0.0,
+            "mean_pulses_per_device": float(np.mean(means)) if means else 0.0,
+        }
+
+
+def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unbiased rounding: ⌊x⌋ + 1 with probability x − ⌊x⌋ (E[result] = x)."""
+    lo = np.floor(x)
+    return (lo + (rng.random(x.shape) < (x - lo))).astype(np.int32)
+
+
+class Controller:
+    """Runs a multi-layer network's crossbar operations on a backend, within the run's limits."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: RunConfig,
+        layer_sizes: list[tuple[int, int]],
+        rng: np.random.Generator,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.rng = rng
+        self.limits = config.limits
+        dev = config.device
+        train = config.training
+        self.v_read = config.read.v_read_V
+        self.stochastic = train.stochastic_rounding
+        self.slots = train.outer_slots
+        self.outer_mode = train.outer_mode if self.stochastic else "nearest"
+        g_scale = dev.g_range_S / (2.0 * train.weight_range)
+        self.g_mid = 0.5 * (dev.g_min_S + dev.g_max_S)
+        self.layers: list[LayerMap] = []
+        if len(layer_sizes) > backend.n_tiles:
+            raise ValueError(f"{len(layer_sizes)} layers need {len(layer_sizes)} tiles; the array has {backend.n_tiles}")
+        for t, (n_in, n_out) in enumerate(layer_sizes):
+            rows, cols = backend.shape(t)
+            if n_in > rows or 2 * n_out > cols:
+                raise ValueError(
+                    f"layer {t} ({n_in} inputs x {n_out} outputs) needs a {n_in} x {2 * n_out} tile "
+                    f"(differential pairs); tile {t} is {rows} x {cols}"
+                )
+            self.layers.append(LayerMap(t, n_in, n_out, g_scale, dev.mean_step_S() / g_scale))
+        self.counts = OpCounts(per_device=[np.zeros((n, m)) for n, m in layer_sizes])
+        self._check_static_limits()
+
+    # ------------------------------------------------------------------ limits
+    def _check_static_limits(self) -> None:
+        """Worst-case line currents of reads and pulses against the compliance current."""
+        dev = self.config.device
+        lim = self.limits
+        for lay in self.layers:
+            i_read = self.v_read * dev.g_max_S * lay.n_in
+            if i_read > lim.compliance_current_A:
+                raise LimitError("compliance_current_A", i_read, lim.compliance_current_A,
+                                 f"worst-case column read current of tile {lay.tile}")
+            v_pulse = max(abs(self.config.pulse.v_set_V), abs(self.config.pulse.v_reset_V))
+            i_pulse = v_pulse * dev.g_max_S * lay.n_in
+            if i_pulse > lim.compliance_current_A:
+                raise LimitError("compliance_current_A", i_pulse, lim.compliance_current_A,
+                                 f"worst-case column pulse current of tile {lay.tile}")
+
+    def _check_pulses(self, n_max: float, total: float, v: float, what: str) -> None:
+        lim = self.limits
+        if n_max > lim.max_pulses_per_device:
+            raise LimitError("max_pulses_per_device", n_max, lim.max_pulses_per_device, what)
+        energy = total * v * v * self.config.device.g_max_S * self.config.pulse.width_s
+        if energy > lim.max_energy_per_op_J:
+            raise LimitError("max_energy_per_op_J", energy, lim.max_energy_per_op_J, what)
+
+    # ------------------------------------------------------------------ reads
+    def forward(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """y = Wᵀx on the array for a batch x (B, n_in) (bias column included), by ``read_vmm``.
+
+        Each input vector is scaled to the DAC range (v = x·v_read/max|x|) and the output rescaled back."""
+        lay = self.layers[layer]
+        rows, cols = self.backend.shape(lay.tile)
+        scale = np.max(np.abs(x), axis=1, keepdims=True)
+        scale[scale == 0] = 1.0
+        v = np.zeros((x.shape[0], rows), dtype=np.float32)
+        v[:, : lay.n_in] = x * (self.v_read / scale)
+        i = np.asarray(self.backend.read_vmm(lay.tile, v), dtype=np.float64)
+        self.counts.reads += x.shape[0]
+        m = lay.n_out
+        return (i[:, :m] - i[:, m : 2 * m]) * (scale / (lay.g_scale_S * self.v_read))
+
+    def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
+        """δ_in = W δ (B, n_in) on the array by ``read_vmm_t``: columns G+ driven at +v, G− at −v."""
+        lay = self.layers[layer]
+        rows, cols = self.backend.shape(lay.tile)
+        scale = np.max(np.abs(delta), axis=1, keepdims=True)
+        scale[scale == 0] = 1.0
+        m = lay.n_out
+        v = np.zeros((delta.shape[0], cols), dtype=np.float32)
+        vd = delta * (self.v_read / scale)
+        v[:, :m] = vd
+        v[:, m : 2 * m] = -vd
+        i = np.asarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float64)
+        self.counts.reads += delta.shape[0]
+        return i[:, : lay.n_in] * (scale / (lay.g_scale_S * self.v_read))
+
+    def read_weights(self, layer: int) -> np.ndarray:
+        """W (n_in, n_out) from a conductance read of the layer's devices."""
+        lay = self.layers[layer]
+        g = self.backend.read_conductance(lay.tile)
+        m = lay.n_out
+        return (g[: lay.n_in, :m] - g[: lay.n_in, m : 2 * m]) / lay.g_scale_S
+
+    # ------------------------------------------------------------------ programming
+    def program_weights(self, layer: int, w: np.ndarray, max_iter: int = 8) -> float:
+        """Program initial weights: G− to mid-window, G+ to G− + w·G_scale, with read-back correction.
+
+        Returns the final RMS weight error (weight units)."""
+        lay = self.layers[layer]
+        w = np.asarray(w, dtype=np.float64)
+        if w.shape != (lay.n_in, lay.n_out):
+            raise ValueError(f"weights for layer {layer} must be {(lay.n_in, lay.n_out)}, got {w.shape}")
+        step = self.config.device.mean_step_S()
+        rows, cols = self.backend.shape(lay.tile)
+        m = lay.n_out
+        iters = max_iter if self.config.training.write_verify else 1
+        err = float("nan")
+        for it in range(iters):
+            g = self.backend.read_conductance(lay.tile)
+            g_minus = g[: lay.n_in, m : 2 * m]
+            target_minus = np.full_like(g_minus, self.g_mid)
+            if it > 0:  # keep G− where the first pass put it: it is the reference from now on
+                target_minus = g_minus
+            target_plus = target_minus + w * lay.g_scale_S
+            err = float(np.sqrt(np.mean(((g[: lay.n_in, :m] - g_minus) / lay.g_scale_S - w) ** 2)))
+            if it > 0 and err < 0.5 * lay.dw:
+                break
+            n = np.zeros((rows, cols), dtype=np.int32)
+            n[: lay.n_in, :m] = np.rint((target_plus - g[: lay.n_in, :m]) / step)
+            n[: lay.n_in, m : 2 * m] = np.rint((target_minus - g_minus) / step)
+            if not n.any():
+                break
+            self._program(lay, n, "initial programming")
+        return err
+
+    def _program(self, lay: LayerMap, n: np.ndarray, what: str) -> None:
+        peak = int(np.abs(n).max()) if n.size else 0
+        v = max(abs(self.config.pulse.v_set_V), abs(self.config.pulse.v_reset_V))
+        self._check_pulses(peak, float(np.abs(n).sum()), v, what)
+        self.backend.program(lay.tile, n)
+        absn = np.abs(n[: lay.n_in, : lay.n_out])
+        self.counts.per_device[lay.tile] += absn
+        self.counts.device_pulses += float(np.abs(n).sum())
+        self.counts.row_programs += int(np.count_nonzero(n.any(axis=1)))
+        self.counts.program_ops += 1
+
+    # ------------------------------------------------------------------ updates
+    def apply_update(self, layer: int, update: Update, lr: float, mode: str) -> None:
+        """Apply Δw = −lr·G for the compressor's ``update`` in ``mode`` (``rank-seq`` or ``rank-sum``)."""
+        lay = self.layers[layer]
+        if isinstance(update, DenseUpdate) or mode == "rank-sum":
+            self._apply_dense(lay, update.to_dense(), lr)
+        elif isinstance(update, LowRankUpdate):
+            for j in range(update.rank):
+                self._apply_pair(lay, update.U[:, j], update.V[:, j], lr)
+        else:
+            raise TypeError(f"unknown update type {type(update).__name__}")
+
+    def pulses_for(self, lay: LayerMap, dw: np.ndarray) -> np.ndarray:
+        """Integer pulse counts for a desired weight change dw (stochastic or nearest rounding)."""
+        n = dw / lay.dw
+        if self.stochastic:
+            return stochastic_round(n, self.rng)
+        return np.rint(n).astype(np.int32)
+
+    def _apply_dense(self, lay: LayerMap, g: np.ndarray, lr: float) -> None:
+        counts = self.pulses_for(lay, -lr * g)
+        if not counts.any():
+            return
+        rows, cols = self.backend.shape(lay.tile)
+        n = np.zeros((rows, cols), dtype=np.int32)
+        n[: lay.n_in, : lay.n_out] = counts
+        self._program(lay, n, f"update of layer {lay.tile}")
+
+    def _apply_pair(self, lay: LayerMap, u: np.ndarray, v: np.ndarray, lr: float) -> None:
+        # Δw = −lr·u vᵀ. Quadrant (sign u, sign v) with u_s·v_s > 0 lowers w (depression), < 0 raises it.
+        for su in (1, -1):
+            a = np.maximum(su * u, 0.0)
+            amax = float(a.max()) if a.size else 0.0
+            if amax <= 0.0:
+                continue
+            for sv in (1, -1):
+                b = np.maximum(sv * v, 0.0)
+                bmax = float(b.max()) if b.size else 0.0
+                if bmax <= 0.0:
+                    continue
+                polarity = -su * sv
+                self._phase(lay, a, amax, b, bmax, lr * amax * bmax / lay.dw, polarity)
+
+    def _phase(self, lay: LayerMap, a: np.ndarray, amax: float, b: np.ndarray, bmax: float,
+               n_max: float, polarity: int) -> None:
+        """Outer-pulse phase(s) giving the expected count n_max·(a_i/amax)·(b_j/bmax) at device (i, j)."""
+        if n_max <= 0.0:
+            return
+        n_phases = max(1, math.ceil(n_max / self.slots))
+        per_phase = n_max / n_phases
+        s = math.sqrt(per_phase / self.slots)
+        rows, cols = self.backend.shape(lay.tile)
+        p = np.zeros(rows)
+        q = np.zeros(cols)
+        p[: lay.n_in] = a * (s / amax)
+        q[: lay.n_out] = b * (s / bmax)
+        v = self.config.pulse.v_set_V if polarity > 0 else abs(self.config.pulse.v_reset_V)
+        expected = self.slots * np.outer(p[: lay.n_in], q[: lay.n_out])
+        total = float(expected.sum())
+        self._check_pulses(self.slots, total, v, f"rank-seq phase on tile {lay.tile}")
+        for _ in range(n_phases):
+            self.backend.outer_pulse(lay.tile, p, q, polarity, self.slots, mode=self.outer_mode)
+            self.counts.phases += 1
+            self.counts.device_pulses += total
+            self.counts.per_device[lay.tile] += expected

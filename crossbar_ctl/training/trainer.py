@@ -1,0 +1,229 @@
+"""The trainer: mini-batches through the array, gradient compression on the host, pulses back to the array.
+
+One step (ARCHITECTURE.md): batch → ``read_vmm`` per layer → loss → deltas via ``read_vmm_t`` → each layer's
+compressor consumes the (x, δ) pairs → factor pairs → the controller turns them into pulse phases
+(rank-seq) or row programs (rank-sum). Results, per-epoch metrics and checkpoints go to the run directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossbar_ctl.backend import Backend, connect
+from crossbar_ctl.config import RunConfig, config_to_dict
+from crossbar_ctl.controller import Controller
+from crossbar_ctl.datasets import load_dataset
+from crossbar_ctl.decomposition import make_compressor
+from crossbar_ctl.training.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from crossbar_ctl.training.mlp import CrossbarMLP, he_init, layer_sizes
+
+log = logging.getLogger(__name__)
+
+# Independent random streams derived from the run seed (the simulator uses spawn key 1).
+STREAM_DATA, STREAM_CONTROLLER, STREAM_COMPRESSOR = 2, 3, 4
+
+
+def stream(seed: int, *key: int) -> np.random.Generator:
+    """The run's random stream ``key`` (same seed and key ⇒ same numbers)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+
+
+def versions() -> dict[str, str]:
+    import numba
+    import pydantic
+
+    import crossbar_ctl
+
+    return {
+        "crossbar_ctl": crossbar_ctl.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "pydantic": pydantic.__version__,
+    }
+
+
+class Trainer:
+    """Train the configured MLP on the configured backend; write ``results.json`` and checkpoints."""
+
+    def __init__(self, config: RunConfig, out_dir: str | Path | None = None, backend: Backend | None = None,
+                 progress: bool | None = None) -> None:
+        t = config.training
+        if t.method == "sgd" and t.batch_size != 1:
+            raise ValueError(f"training.method = 'sgd' updates once per sample: set training.batch_size = 1 "
+                             f"(got {t.batch_size})")
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = config.logging.progress if progress is None else progress
+        self.data = load_dataset(t.dataset, data_dir=t.data_dir, limit_train=t.limit_train,
+                                 limit_test=t.limit_test)
+        self.sizes = layer_sizes(self.data.x_train.shape[1], list(t.hidden), 10)
+        self._own_backend = backend is None
+        self.backend = backend if backend is not None else connect(config)
+        self.rng = stream(config.seed, STREAM_DATA)
+        self.controller = Controller(self.backend, config, self.sizes, stream(config.seed, STREAM_CONTROLLER))
+        self.model = CrossbarMLP(self.controller)
+        self.compressors = [
+            make_compressor(t.method, n, m, t.rank, stream(config.seed, STREAM_COMPRESSOR, l))
+            for l, (n, m) in enumerate(self.sizes)
+        ]
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.init_error: list[float] = []
+
+    # ------------------------------------------------------------------ run
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Train for the configured epochs (continuing from the last checkpoint if ``resume``)."""
+        try:
+            if resume:
+                self._load()
+            else:
+                w0 = he_init(self.sizes, self.rng)
+                self.init_error = [self.controller.program_weights(l, w) for l, w in enumerate(w0)]
+            for epoch in range(self.epoch, self.config.training.epochs):
+                self._train_epoch(epoch)
+                self.epoch = epoch + 1
+                if self.out_dir is not None and (self.epoch % self.config.training.checkpoint_every == 0
+                                                 or self.epoch == self.config.training.epochs):
+                    self._save()
+            results = self.results(complete=True)
+            self._write_results(results)
+            return results
+        finally:
+            if self._own_backend:
+                self.backend.close()
+
+    def _train_epoch(self, epoch: int) -> None:
+        t = self.config.training
+        x, y = self.data.x_train, self.data.y_train
+        perm = self.rng.permutation(len(x))
+        bs = t.batch_size
+        n_batches = (len(x) + bs - 1) // bs
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(x), desc=f"epoch {epoch + 1}/{t.epochs}", unit="sample", leave=False)
+        loss_sum, correct, seen = 0.0, 0, 0
+        start = time.perf_counter()
+        for b in range(n_batches):
+            idx = perm[b * bs : (b + 1) * bs]
+            res = self.model.step(x[idx], y[idx])
+            for l, comp in enumerate(self.compressors):
+                comp.start_batch()
+                comp.consume(res.inputs[l], res.deltas[l])
+                self.controller.apply_update(l, comp.finish_batch(), t.learning_rate, t.mode)
+            loss_sum += res.loss * len(idx)
+            correct += res.correct
+            seen += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
+                if b % 20 == 0 or b == n_batches - 1:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        train_s = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        test_acc = self.evaluate()
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "test_accuracy": test_acc,
+            "seconds": train_s,
+            "samples_per_s": seen / train_s if train_s > 0 else float("inf"),
+        }
+        self.history.append(row)
+        log.info("epoch %d: loss %.4f train %.4f test %.4f (%.0f samples/s)", row["epoch"], row["train_loss"],
+                 row["train_accuracy"], test_acc, row["samples_per_s"])
+        if self.progress:
+            print(f"epoch {row['epoch']}: train_loss {row['train_loss']:.4f}  train_acc {row['train_accuracy']:.4f}"
+                  f"  test_acc {test_acc:.4f}  {row['samples_per_s']:.0f} samples/s", flush=True)
+        if self.out_dir is not None:
+            self._write_results(self.results(complete=False))
+
+    def evaluate(self) -> float:
+        """Test accuracy, read on the array."""
+        pred = self.model.predict(self.data.x_test)
+        return float(np.mean(pred == self.data.y_test))
+
+    # ------------------------------------------------------------------ results
+    def results(self, complete: bool) -> dict[str, Any]:
+        counts = self.controller.counts.summary()
+        return {
+            "complete": complete,
+            "config": config_to_dict(self.config),
+            "seed": self.config.seed,
+            "backend": self.backend.describe() if not self.backend._closed else {"kind": self.backend.kind},
+            "layers": [list(s) for s in self.sizes],
+            "epochs": self.history,
+            "final_test_accuracy": self.history[-1]["test_accuracy"] if self.history else None,
+            "memory_floats": [c.memory_floats for c in self.compressors],
+            "initial_weight_rms_error": self.init_error,
+            **counts,
+            "versions": versions(),
+        }
+
+    def _write_results(self, results: dict[str, Any]) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.out_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(self.out_dir / "results.json")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_path(self) -> Path:
+        assert self.out_dir is not None
+        return self.out_dir / "checkpoint.npz"
+
+    def _save(self) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        for l, comp in enumerate(self.compressors):
+            flatten_state(f"compressor{l}", comp.state_dict(), arrays)
+        for l, pd in enumerate(self.controller.counts.per_device):
+            arrays[f"pulses{l}"] = pd
+        if hasattr(self.backend, "get_state"):
+            flatten_state("backend", self.backend.get_state(), arrays)
+        c = self.controller.counts
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "init_error": self.init_error,
+            "counts": {"reads": c.reads, "phases": c.phases, "row_programs": c.row_programs,
+                       "program_ops": c.program_ops, "device_pulses": c.device_pulses},
+            "rng": self.rng.bit_generator.state,
+            "controller_rng": self.controller.rng.bit_generator.state,
+            "config": config_to_dict(self.config),
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        save_checkpoint(self._checkpoint_path(), arrays, meta)
+
+    def _load(self) -> None:
+        if self.out_dir is None:
+            raise ValueError("resume needs a run directory")
+        arrays, meta = load_checkpoint(self._checkpoint_path())
+        self.epoch = int(meta["epoch"])
+        self.history = list(meta["history"])
+        self.init_error = list(meta["init_error"])
+        for k, v in meta["counts"].items():
+            setattr(self.controller.counts, k, v)
+        for l in range(len(self.sizes)):
+            self.controller.counts.per_device[l] = arrays[f"pulses{l}"].astype(np.float64)
+            self.compressors[l].load_state_dict(unflatten_state(f"compressor{l}", arrays))
+        self.rng.bit_generator.state = meta["rng"]
+        self.controller.rng.bit_generator.state = meta["controller_rng"]
+        if hasattr(self.backend, "set_state"):
+            self.backend.set_state(unflatten_state("backend", arrays))
+        log.info("resumed %s at epoch %d", self.out_dir, self.epoch)
+
+
+def train(config: RunConfig, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool | None = None) -> dict[str, Any]:
+    """Train one run; returns the results dict (also written to ``out_dir/results.json``)."""
+    return Trainer(config, out_dir, progress=progress).run(resume=resume)

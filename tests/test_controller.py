@@ -1,0 +1,154 @@
+"""The controller: weight mapping, update -> pulse scaling, polarity, rounding, limits, op counts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossbar_ctl.config import load_config
+from crossbar_ctl.controller import Controller, stochastic_round
+from crossbar_ctl.decomposition.base import DenseUpdate, LowRankUpdate
+from crossbar_ctl.errors import LimitError
+from tests.fakes import RecordingBackend
+
+SIZES = [(9, 4), (5, 3)]
+
+
+def make(overrides: list[str] | None = None, seed: int = 0) -> tuple[Controller, RecordingBackend]:
+    cfg = load_config(None, ["array.rows=[9, 5]", "array.cols=[8, 6]", 'device.preset="ideal"',
+                             "training.weight_range=1.0", *(overrides or [])])
+    be = RecordingBackend(cfg)
+    return Controller(be, cfg, SIZES, np.random.default_rng(seed)), be
+
+
+def test_weights_round_trip_through_the_array() -> None:
+    ctl, be = make()
+    rng = np.random.default_rng(1)
+    w = rng.uniform(-0.5, 0.5, SIZES[0])
+    err = ctl.program_weights(0, w)
+    lay = ctl.layers[0]
+    assert err < lay.dw  # within one pulse after write-verify
+    np.testing.assert_allclose(ctl.read_weights(0), w, atol=lay.dw)
+    x = rng.uniform(0, 1, (6, 9))
+    np.testing.assert_allclose(ctl.forward(0, x), x @ ctl.read_weights(0), rtol=1e-5, atol=1e-6)
+    d = rng.standard_normal((6, 4))
+    np.testing.assert_allclose(ctl.backward(0, d), d @ ctl.read_weights(0).T, rtol=1e-5, atol=1e-6)
+    # reads are driven within the read voltage, G− columns get the negated transpose drive
+    v = [c for c in be.calls if c[0] == "read_vmm_t"][-1][2]
+    assert np.abs(v).max() <= ctl.v_read + 1e-7
+    np.testing.assert_allclose(v[:, 4:8], -v[:, :4])
+
+
+def test_rank_seq_expected_update_is_minus_lr_uv() -> None:
+    ctl, be = make()
+    lay = ctl.layers[0]
+    u = np.array([0.3, -0.2, 0.0, 0.5, -0.1, 0.2, 0.0, 0.4, -0.3])
+    v = np.array([0.2, -0.4, 0.1, -0.05])
+    lr = 0.05
+    ctl.apply_update(0, LowRankUpdate(u[:, None], v[:, None]), lr, "rank-seq")
+    phases = [c for c in be.calls if c[0] == "outer_pulse"]
+    assert len(phases) == 4  # both u and v are signed: four sign quadrants
+    dw = np.zeros(SIZES[0])
+    for _, tile, p, q, pol, slots, mode in phases:
+        assert mode == "stochastic" and slots == ctl.slots
+        assert np.all(p[9:] == 0) and np.all(q[4:] == 0)  # only the G+ columns are driven
+        dw += pol * slots * np.outer(p[:9], q[:4]) * lay.dw
+    np.testing.assert_allclose(dw, -lr * np.outer(u, v), rtol=1e-12, atol=1e-15)
+
+
+def test_non_negative_pair_needs_one_phase_and_polarity_follows_sign() -> None:
+    ctl, be = make()
+    u = np.abs(np.linspace(0.1, 1, 9))
+    v = np.abs(np.linspace(0.2, 1, 4))
+    ctl.apply_update(0, LowRankUpdate(u[:, None], v[:, None]), 0.01, "rank-seq")
+    ctl.apply_update(0, LowRankUpdate(u[:, None], -v[:, None]), 0.01, "rank-seq")
+    phases = [c for c in be.calls if c[0] == "outer_pulse"]
+    assert [c[4] for c in phases] == [-1, +1]  # positive gradient depresses, negative potentiates
+    assert ctl.counts.phases == 2
+
+
+def test_large_phase_is_split_not_clamped() -> None:
+    ctl, be = make(["training.outer_slots=4"])
+    lay = ctl.layers[0]
+    u = np.ones(9)
+    v = np.ones(4)
+    lr = 10.5 * lay.dw  # needs 10.5 pulses per device, 4 slots per phase -> 3 phases
+    ctl.apply_update(0, LowRankUpdate(u[:, None], -v[:, None]), lr, "rank-seq")
+    phases = [c for c in be.calls if c[0] == "outer_pulse"]
+    assert len(phases) == 3
+    total = sum(c[5] * np.outer(c[2][:9], c[3][:4]) for c in phases)
+    np.testing.assert_allclose(total, 10.5)
+    assert all(c[2].max() <= 1 and c[3].max() <= 1 for c in phases)
+
+
+def test_stochastic_rounding_is_unbiased_and_nearest_vanishes() -> None:
+    x = np.full(200000, 0.3)
+    r = stochastic_round(x, np.random.default_rng(0))
+    assert set(np.unique(r)) == {0, 1}
+    assert r.mean() == pytest.approx(0.3, abs=4 * np.sqrt(0.21 / x.size))
+
+    g = np.full(SIZES[0], -0.2)  # update of +0.2·lr·... = 0.3 pulses per device
+    for stochastic, expect_zero in ((True, False), (False, True)):
+        ctl, be = make([f"training.stochastic_rounding={'true' if stochastic else 'false'}"])
+        lay = ctl.layers[0]
+        lr = 0.3 * lay.dw / 0.2
+        total = np.zeros(SIZES[0])
+        for _ in range(400):
+            ctl.apply_update(0, DenseUpdate(g), lr, "rank-sum")
+        progs = [c[2][:9, :4] for c in be.calls if c[0] == "program"]
+        if expect_zero:
+            assert progs == []  # every update rounds to zero pulses: the vanishing-update effect
+        else:
+            total = sum(progs) * lay.dw
+            # expected −lr·g per step, 400 steps; binomial spread per device sqrt(400·0.21)·dw
+            np.testing.assert_allclose(total.mean(), 400 * 0.3 * lay.dw, rtol=0.05)
+            assert abs(total - 400 * 0.3 * lay.dw).max() < 5 * np.sqrt(400 * 0.21) * lay.dw
+
+
+def test_rank_sum_reconstructs_low_rank_and_programs_rows() -> None:
+    ctl, be = make(["training.stochastic_rounding=false"])
+    lay = ctl.layers[0]
+    u = np.arange(9.0)[:, None]
+    v = np.array([1.0, -1.0, 2.0, 0.0])[:, None]
+    ctl.apply_update(0, LowRankUpdate(u, v), lay.dw, "rank-sum")
+    (prog,) = [c[2] for c in be.calls if c[0] == "program"]
+    np.testing.assert_array_equal(prog[:9, :4], -np.rint(u @ v.T))
+    assert np.all(prog[:, 4:] == 0)  # G− references untouched
+    assert ctl.counts.row_programs == 8  # row 0 of u is zero: nothing to program there
+
+
+def test_limit_refuses_before_anything_is_sent() -> None:
+    ctl, be = make(["limits.max_pulses_per_device=5"])
+    lay = ctl.layers[0]
+    n_before = len(be.calls)
+    with pytest.raises(LimitError, match="max_pulses_per_device") as info:
+        ctl.apply_update(0, DenseUpdate(np.full(SIZES[0], -1.0)), 6 * lay.dw, "rank-sum")
+    assert info.value.value == 6 and info.value.allowed == 5
+    assert len(be.calls) == n_before
+
+
+def test_energy_limit() -> None:
+    ctl, be = make(["limits.max_energy_per_op_J=1e-18"])
+    with pytest.raises(LimitError, match="max_energy_per_op_J"):
+        ctl.apply_update(0, DenseUpdate(np.full(SIZES[0], -1.0)), 3 * ctl.layers[0].dw, "rank-sum")
+    assert "program" not in be.kinds()
+
+
+def test_compliance_checked_at_setup() -> None:
+    with pytest.raises(LimitError, match="compliance_current_A"):
+        make(["limits.compliance_current_A=1e-12"])
+
+
+def test_layer_must_fit_its_tile() -> None:
+    cfg = load_config(None, ["array.rows=[9, 5]", "array.cols=[7, 6]"])
+    with pytest.raises(ValueError, match="needs a 9 x 8 tile"):
+        Controller(RecordingBackend(cfg), cfg, SIZES, np.random.default_rng(0))
+
+
+def test_counts_track_pulses_and_ops() -> None:
+    ctl, be = make(["training.stochastic_rounding=false"])
+    lay = ctl.layers[0]
+    g = np.zeros(SIZES[0])
+    g[2, 1] = -3.0
+    ctl.apply_update(0, DenseUpdate(g), lay.dw, "rank-sum")
+    s = ctl.counts.summary()
+    assert s["device_pulses"] == 3 and s["max_pulses_per_device"] == 3 and s["row_programs"] == 1
