@@ -31,6 +31,10 @@ class BackendSection(_Section):
     address: str = Field("", description="VISA resource or serial port/URL; unused by the simulator")
     timeout_s: float = Field(5.0, gt=0, description="timeout of one instrument call (s)")
     retries: int = Field(3, ge=0, description="reconnect attempts after a lost connection")
+    backoff_s: float = Field(0.05, ge=0, description="first reconnect delay (s); doubles on every further attempt")
+    visa_library: str = Field("@py", description='pyvisa library for kind "visa": "@py", "@ivi", "path.yaml@sim"')
+    baud: int = Field(115200, gt=0, description='serial line rate (baud) for kind "serial"')
+    parity: Literal["N", "E", "O"] = Field("N", description='serial parity for kind "serial": N, E or O')
 
 
 class ArraySection(_Section):
@@ -128,6 +132,8 @@ class RunConfig(_Section):
     @classmethod
     def _expand(cls, value: Any) -> Any:
         if isinstance(value, dict):
+            if "model" not in value and "preset" not in value:
+                value = {"preset": DEFAULT_DEVICE_PRESET, **value}  # keys given alone override the default device
             return expand_preset(value)
         return value
 
@@ -148,10 +154,14 @@ class RunConfig(_Section):
         return self
 
 
+DEFAULT_DEVICE_PRESET = "agsi"
+
+
 def _default_device() -> Any:
     from crossbar_ctl.devices import NeuroSimExpDevice
 
-    return NeuroSimExpDevice(**{k: v for k, v in expand_preset({"preset": "agsi"}).items() if k != "model"})
+    preset = expand_preset({"preset": DEFAULT_DEVICE_PRESET})
+    return NeuroSimExpDevice(**{k: v for k, v in preset.items() if k != "model"})
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -6,12 +6,13 @@ undriven). A weight is
 
     w_ij = (G+_ij − G−_ij) / G_scale,      G_scale = (Gmax − Gmin) / (2 · weight_range)
 
-G− is each pair's reference: it is programmed once to mid-window and then left alone, while G+ moves up
+G− is each pair's reference: it is programmed once to the device's symmetry point G_s (where one up and one
+down pulse are equal; random pulses drift a device there) and then left alone, while G+ moves up
 (potentiation) for Δw > 0 and down (depression) for Δw < 0, so that training sees the device's own
-asymmetric potentiation/depression. The array is the only copy of the weights: forward and backward
+asymmetric potentiation/depression around w = 0. The array is the only copy of the weights: forward and backward
 passes use ``read_vmm``/``read_vmm_t``; nothing on the host absorbs an update.
 
-Updates. One nominal pulse moves a weight by dw = ΔG_mean / G_scale (ΔG_mean: the device's mean step). A
+Updates. One nominal pulse moves a weight by dw = ΔG(G_s) / G_scale (the step at the symmetry point). A
 desired update Δw = −lr·G becomes n = Δw/dw pulses:
 
 * rank-sum / dense: n is rounded stochastically (⌊n⌋ + Bernoulli(n − ⌊n⌋), unbiased: E[round(n)] = n) or to
@@ -104,7 +105,8 @@ class Controller:
         self.slots = train.outer_slots
         self.outer_mode = train.outer_mode if self.stochastic else "nearest"
         g_scale = dev.g_range_S / (2.0 * train.weight_range)
-        self.g_mid = 0.5 * (dev.g_min_S + dev.g_max_S)
+        self.g_ref = dev.symmetry_point_S()
+        step_ref = dev.step_S(self.g_ref)[0]
         self.layers: list[LayerMap] = []
         if len(layer_sizes) > backend.n_tiles:
             raise ValueError(f"{len(layer_sizes)} layers need {len(layer_sizes)} tiles; the array has {backend.n_tiles}")
@@ -115,7 +117,7 @@ class Controller:
                     f"layer {t} ({n_in} inputs x {n_out} outputs) needs a {n_in} x {2 * n_out} tile "
                     f"(differential pairs); tile {t} is {rows} x {cols}"
                 )
-            self.layers.append(LayerMap(t, n_in, n_out, g_scale, dev.mean_step_S() / g_scale))
+            self.layers.append(LayerMap(t, n_in, n_out, g_scale, step_ref / g_scale))
         self.counts = OpCounts(per_device=[np.zeros((n, m)) for n, m in layer_sizes])
         self._check_static_limits()
 
@@ -182,36 +184,41 @@ class Controller:
         return (g[: lay.n_in, :m] - g[: lay.n_in, m : 2 * m]) / lay.g_scale_S
 
     # ------------------------------------------------------------------ programming
-    def program_weights(self, layer: int, w: np.ndarray, max_iter: int = 8) -> float:
-        """Program initial weights: G− to mid-window, G+ to G− + w·G_scale, with read-back correction.
+    def program_weights(self, layer: int, w: np.ndarray, max_iter: int = 6) -> float:
+        """Program initial weights: G− to the reference G_s, then G+ to G− + w·G_scale (kept inside the window),
+        pulse counts planned on the device model's nominal curve.
 
-        Returns the final RMS weight error (weight units)."""
+        With write-verify on, the layer is read back and devices off target are corrected. A correction of n
+        pulses adds cycle-to-cycle noise of σ·√n steps (σ = σ_c2c·(Gmax−Gmin)/ΔG(G_s)), so it lowers the expected
+        squared error only where n² > σ²·n: devices closer than max(1, σ²) pulses are left alone.
+        Returns the RMS weight error (weight units) of the final read-back."""
         lay = self.layers[layer]
         w = np.asarray(w, dtype=np.float64)
         if w.shape != (lay.n_in, lay.n_out):
             raise ValueError(f"weights for layer {layer} must be {(lay.n_in, lay.n_out)}, got {w.shape}")
-        step = self.config.device.mean_step_S()
+        dev = self.config.device
+        step = dev.step_S(self.g_ref)[0]
+        min_correction = max(1.0, (dev.sigma_c2c * dev.g_range_S / step) ** 2)
         rows, cols = self.backend.shape(lay.tile)
-        m = lay.n_out
+        m, n_in = lay.n_out, lay.n_in
         iters = max_iter if self.config.training.write_verify else 1
-        err = float("nan")
+        g = self.backend.read_conductance(lay.tile)
         for it in range(iters):
-            g = self.backend.read_conductance(lay.tile)
-            g_minus = g[: lay.n_in, m : 2 * m]
-            target_minus = np.full_like(g_minus, self.g_mid)
-            if it > 0:  # keep G− where the first pass put it: it is the reference from now on
-                target_minus = g_minus
-            target_plus = target_minus + w * lay.g_scale_S
-            err = float(np.sqrt(np.mean(((g[: lay.n_in, :m] - g_minus) / lay.g_scale_S - w) ** 2)))
-            if it > 0 and err < 0.5 * lay.dw:
-                break
+            g_plus, g_minus = g[:n_in, :m], g[:n_in, m : 2 * m]
             n = np.zeros((rows, cols), dtype=np.int32)
-            n[: lay.n_in, :m] = np.rint((target_plus - g[: lay.n_in, :m]) / step)
-            n[: lay.n_in, m : 2 * m] = np.rint((target_minus - g_minus) / step)
+            if it == 0:
+                n[:n_in, m : 2 * m] = np.rint(dev.pulses_between(g_minus, self.g_ref))
+                g_minus = np.full_like(g_minus, self.g_ref)  # where it is headed
+            target = np.clip(g_minus + w * lay.g_scale_S, dev.g_min_S + step, dev.g_max_S - step)
+            corr = np.rint(dev.pulses_between(g_plus, target))
+            if it > 0:
+                corr[np.abs(corr) < min_correction] = 0
+            n[:n_in, :m] = corr
             if not n.any():
                 break
             self._program(lay, n, "initial programming")
-        return err
+            g = self.backend.read_conductance(lay.tile)
+        return float(np.sqrt(np.mean(((g[:n_in, :m] - g[:n_in, m : 2 * m]) / lay.g_scale_S - w) ** 2)))
 
     def _program(self, lay: LayerMap, n: np.ndarray, what: str) -> None:
         peak = int(np.abs(n).max()) if n.size else 0

@@ -25,6 +25,7 @@ a fraction is stuck at Gmin, another at Gmax.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,6 +75,55 @@ class _DeviceBase(BaseModel):
         """Number of nominal pulses that sweep the full window up and down."""
         raise NotImplementedError
 
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The nominal (spread-free) pulse map per polarity, ``((target_S, rate), (target_S, rate))`` for up
+        and down: one pulse moves G by rate·(target − G); a linear polarity is ``(±ΔG, 0.0)``."""
+        raise NotImplementedError
+
+    def step_S(self, g_S: float) -> tuple[float, float]:
+        """|ΔG| of one nominal pulse up and down at conductance ``g_S``."""
+        out = []
+        for target, rate in self.nominal_maps():
+            out.append(abs(target) if rate == 0.0 else abs(rate * (target - g_S)))
+        return out[0], out[1]
+
+    def pulses_between(self, g_from_S: "np.ndarray", g_to_S: "np.ndarray") -> "np.ndarray":
+        """Nominal pulses (signed, fractional) that take a device from ``g_from_S`` to ``g_to_S``:
+        n = ln((G* − G_from)/(G* − G_to)) / (−ln(1 − rate)) on a saturating map, (G_to − G_from)/ΔG on a linear one.
+        Targets beyond a map's reach give the pulses to its bound (for planning writes on the host)."""
+        import numpy as np
+
+        g0 = np.asarray(g_from_S, dtype=np.float64)
+        g1 = np.clip(np.asarray(g_to_S, dtype=np.float64), self.g_min_S, self.g_max_S)
+        out = np.zeros(np.broadcast(g0, g1).shape)
+        for sign, (target, rate) in zip((1.0, -1.0), self.nominal_maps()):
+            sel = (g1 > g0) if sign > 0 else (g1 < g0)
+            if rate == 0.0:
+                out = np.where(sel, (g1 - g0) / target, out)
+                continue
+            rho = -math.log(1.0 - rate)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = (target - g0) / (target - g1)
+                n = np.log(np.where(ratio > 0, ratio, 1.0)) / rho
+            out = np.where(sel, sign * np.abs(n), out)
+        return out
+
+    def symmetry_point_S(self) -> float:
+        """The conductance where one up pulse and one down pulse are equal in size (the window's middle when
+        they are equal everywhere or nowhere). Random up/down pulses drift a device towards this point."""
+        lo, hi = self.g_min_S, self.g_max_S
+        f = lambda g: self.step_S(g)[0] - self.step_S(g)[1]  # noqa: E731  (up shrinks, down grows with g)
+        f_lo, f_hi = f(lo), f(hi)
+        if f_lo == f_hi or f_lo * f_hi > 0:
+            return 0.5 * (lo + hi)
+        for _ in range(100):
+            mid = 0.5 * (lo + hi)
+            if (f(mid) > 0) == (f_lo > 0):
+                lo = mid
+            else:
+                hi = mid
+        return 0.5 * (lo + hi)
+
 
 class IdealDevice(_DeviceBase):
     """Linear, symmetric, noise-free: ΔG = ±(Gmax − Gmin)/levels per pulse (the software reference)."""
@@ -83,6 +133,10 @@ class IdealDevice(_DeviceBase):
 
     def levels_up_down(self) -> tuple[float, float]:
         return float(self.levels), float(self.levels)
+
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        step = self.g_range_S / self.levels
+        return (step, 0.0), (-step, 0.0)
 
 
 class NeuroSimExpDevice(_DeviceBase):
@@ -103,6 +157,13 @@ class NeuroSimExpDevice(_DeviceBase):
     def levels_up_down(self) -> tuple[float, float]:
         return float(self.pmax_ltp), float(self.pmax_ltd)
 
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        r = self.g_range_S
+        b_p = r / (1 - math.exp(-self.pmax_ltp / self.a_ltp))
+        b_d = r / (1 - math.exp(-self.pmax_ltd / self.a_ltd))
+        return ((self.g_min_S + b_p, 1 - math.exp(-1 / self.a_ltp)),
+                (self.g_max_S - b_d, 1 - math.exp(-1 / self.a_ltd)))
+
 
 class SoftBoundsDevice(_DeviceBase):
     """Soft bounds (aihwkit-style): the step shrinks linearly towards the bound it approaches.
@@ -117,6 +178,10 @@ class SoftBoundsDevice(_DeviceBase):
 
     def levels_up_down(self) -> tuple[float, float]:
         return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
+
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((self.g_max_S, (1 + self.up_down) / self.levels),
+                (self.g_min_S, (1 - self.up_down) / self.levels))
 
 
 class LinearStepDevice(_DeviceBase):
@@ -134,6 +199,15 @@ class LinearStepDevice(_DeviceBase):
 
     def levels_up_down(self) -> tuple[float, float]:
         return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
+
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        r = self.g_range_S
+        d_up = r * (1 + self.up_down) / self.levels
+        d_dn = r * (1 - self.up_down) / self.levels
+        up = (d_up, 0.0) if self.gamma_up == 0 else (self.g_min_S + r / self.gamma_up, d_up * self.gamma_up / r)
+        dn = (-d_dn, 0.0) if self.gamma_down == 0 else (self.g_max_S - r / self.gamma_down,
+                                                         d_dn * self.gamma_down / r)
+        return up, dn
 
 
 DeviceConfig = Annotated[
