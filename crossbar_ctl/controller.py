@@ -121,6 +121,12 @@ class Controller:
         self.counts = OpCounts(per_device=[np.zeros((n, m)) for n, m in layer_sizes])
         self._check_static_limits()
 
+    def reset_counts(self) -> dict[str, float]:
+        """Start counting afresh (after initial programming); returns the summary of what was counted so far."""
+        done = self.counts.summary()
+        self.counts = OpCounts(per_device=[np.zeros((lay.n_in, lay.n_out)) for lay in self.layers])
+        return done
+
     # ------------------------------------------------------------------ limits
     def _check_static_limits(self) -> None:
         """Worst-case line currents of reads and pulses against the compliance current."""

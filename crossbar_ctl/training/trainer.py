@@ -69,13 +69,15 @@ class Trainer:
         self.rng = stream(config.seed, STREAM_DATA)
         self.controller = Controller(self.backend, config, self.sizes, stream(config.seed, STREAM_CONTROLLER))
         self.model = CrossbarMLP(self.controller)
+        options = {"passes": t.passes} if t.passes != 1 else {}
         self.compressors = [
-            make_compressor(t.method, n, m, t.rank, stream(config.seed, STREAM_COMPRESSOR, l))
+            make_compressor(t.method, n, m, t.rank, stream(config.seed, STREAM_COMPRESSOR, l), **options)
             for l, (n, m) in enumerate(self.sizes)
         ]
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.init_error: list[float] = []
+        self.init_counts: dict[str, float] = {}
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -86,6 +88,7 @@ class Trainer:
             else:
                 w0 = he_init(self.sizes, self.rng)
                 self.init_error = [self.controller.program_weights(l, w) for l, w in enumerate(w0)]
+                self.init_counts = self.controller.reset_counts()
             for epoch in range(self.epoch, self.config.training.epochs):
                 self._train_epoch(epoch)
                 self.epoch = epoch + 1
@@ -165,6 +168,7 @@ class Trainer:
             "final_test_accuracy": self.history[-1]["test_accuracy"] if self.history else None,
             "memory_floats": [c.memory_floats for c in self.compressors],
             "initial_weight_rms_error": self.init_error,
+            "initial_programming": self.init_counts,
             **counts,
             "versions": versions(),
         }
@@ -195,6 +199,7 @@ class Trainer:
             "epoch": self.epoch,
             "history": self.history,
             "init_error": self.init_error,
+            "init_counts": self.init_counts,
             "counts": {"reads": c.reads, "phases": c.phases, "row_programs": c.row_programs,
                        "program_ops": c.program_ops, "device_pulses": c.device_pulses},
             "rng": self.rng.bit_generator.state,
@@ -211,6 +216,7 @@ class Trainer:
         self.epoch = int(meta["epoch"])
         self.history = list(meta["history"])
         self.init_error = list(meta["init_error"])
+        self.init_counts = dict(meta["init_counts"])
         for k, v in meta["counts"].items():
             setattr(self.controller.counts, k, v)
         for l in range(len(self.sizes)):

@@ -1,0 +1,107 @@
+"""End-to-end training on the simulator: every method learns; same seed, same numbers; resume is exact."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossbar_ctl.cli import main
+from crossbar_ctl.config import load_config
+from crossbar_ctl.training.mlp import layer_sizes, softmax_xent
+from crossbar_ctl.training.trainer import Trainer
+
+SMALL = ["training.limit_train=1500", "training.limit_test=500", "training.epochs=1", "logging.progress=false",
+         "training.hidden=[32]", "array.cols=[64, 20]", "array.rows=[785, 33]"]
+
+
+def small(*extra: str):
+    return load_config(None, [*SMALL, *extra])
+
+
+def test_layer_sizes_and_softmax_delta() -> None:
+    assert layer_sizes(784, [100], 10) == [(785, 100), (101, 10)]
+    z = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    loss, delta, pred = softmax_xent(z.copy(), np.array([1, 2]))
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    assert loss == pytest.approx(-(np.log(p[0, 1]) + np.log(p[1, 2])) / 2)
+    expected = p.copy()
+    expected[0, 1] -= 1
+    expected[1, 2] -= 1
+    np.testing.assert_allclose(delta, expected)
+    assert list(pred) == [1, 0]
+
+
+@pytest.mark.parametrize("method, mode, rank", [
+    ("mbgd", "rank-sum", 1),
+    ("svd", "rank-seq", 2),
+    ("streaming-pca", "rank-seq", 2),
+    ("streaming-pca", "rank-sum", 2),
+    ("nmf", "rank-seq", 2),
+    ("nmf", "rank-sum", 2),
+])
+def test_each_method_learns_on_the_ideal_device(method: str, mode: str, rank: int) -> None:
+    cfg = small('device.preset="ideal"', f'training.method="{method}"', f'training.mode="{mode}"',
+                f"training.rank={rank}", "training.batch_size=32", "training.learning_rate=0.2")
+    res = Trainer(cfg, None, progress=False).run()
+    assert res["final_test_accuracy"] > 0.5, res["epochs"]  # chance is 0.1
+    assert res["array_ops"] > 0 and res["device_pulses"] > 0
+
+
+def test_sgd_learns_with_batch_one() -> None:
+    cfg = small('device.preset="ideal"', 'training.method="sgd"', "training.batch_size=1",
+                "training.limit_train=600", "training.learning_rate=0.05")
+    res = Trainer(cfg, None, progress=False).run()
+    assert res["final_test_accuracy"] > 0.5
+    assert res["memory_floats"] == [785 + 32, 33 + 10]
+    with pytest.raises(ValueError, match="batch_size = 1"):
+        Trainer(small('training.method="sgd"'), None, progress=False)
+
+
+def test_same_seed_same_results_different_seed_differs(tmp_path: Path) -> None:
+    def run(seed: int, out: Path) -> dict:
+        Trainer(small(f"seed={seed}", 'training.method="nmf"', "training.rank=2"), out, progress=False).run()
+        return json.loads((out / "results.json").read_text())
+
+    a, b, c = run(3, tmp_path / "a"), run(3, tmp_path / "b"), run(4, tmp_path / "c")
+    strip = lambda r: [(e["train_loss"], e["test_accuracy"]) for e in r["epochs"]]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["device_pulses"] == b["device_pulses"]
+    assert strip(a) != strip(c)
+
+
+def test_results_json_has_the_promised_fields(tmp_path: Path) -> None:
+    code = main(["train", "--out", str(tmp_path), "--quiet", *[f"--set={s}" for s in SMALL],
+                 "--set", 'training.method="streaming-pca"', "--set", "training.epochs=2"])
+    assert code == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["complete"] is True
+    assert [e["epoch"] for e in r["epochs"]] == [1, 2]
+    for key in ("train_loss", "test_accuracy", "seconds", "samples_per_s"):
+        assert key in r["epochs"][0]
+    for key in ("config", "final_test_accuracy", "memory_floats", "array_ops", "device_pulses",
+                "max_pulses_per_device", "versions", "seed"):
+        assert key in r
+    assert r["memory_floats"][0] == 4 * (785 + 32) + 4  # k(N+M)+k with the default rank 4
+    assert (tmp_path / "checkpoint.npz").is_file()
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    full = Trainer(small("training.epochs=2", 'training.method="streaming-pca"'), tmp_path / "full",
+                   progress=False).run()
+    part = tmp_path / "part"
+    Trainer(small("training.epochs=1", 'training.method="streaming-pca"'), part, progress=False).run()
+    # the same run, told it has two epochs, resumes from the epoch-1 checkpoint
+    resumed = Trainer(small("training.epochs=2", 'training.method="streaming-pca"'), part, progress=False)
+    res = resumed.run(resume=True)
+    assert [e["test_accuracy"] for e in res["epochs"]] == [e["test_accuracy"] for e in full["epochs"]]
+    assert [e["train_loss"] for e in res["epochs"]] == [e["train_loss"] for e in full["epochs"]]
+    assert res["device_pulses"] == full["device_pulses"]
+
+
+def test_no_stochastic_rounding_shows_vanishing_updates() -> None:
+    on = Trainer(small("training.stochastic_rounding=true", "device.sigma_c2c=0"), None, progress=False).run()
+    off = Trainer(small("training.stochastic_rounding=false", "device.sigma_c2c=0"), None, progress=False).run()
+    assert off["device_pulses"] < 0.5 * on["device_pulses"]
+    assert on["final_test_accuracy"] > off["final_test_accuracy"] + 0.05
