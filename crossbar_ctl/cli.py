@@ -69,6 +69,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from crossbar_instruments.emulator import main as emulate
+
+    cfg = load_config(args.config, args.set)
+    return emulate(cfg, args.transport, host=args.host, port=args.port, link=args.link)
+
+
 def _print_tree(obj: object, indent: int = 0) -> None:
     pad = "  " * indent
     if isinstance(obj, dict):
@@ -112,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_bench.add_argument("--json", action="store_true", help="print JSON")
     p_bench.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
     p_bench.set_defaults(func=cmd_bench)
+
+    p_emu = sub.add_parser("emulate", help="serve an emulated array tester (the simulator) over TCP or a pty")
+    _add_config_args(p_emu)
+    p_emu.add_argument("--transport", choices=["tcp", "pty"], default="tcp",
+                       help="tcp: raw SCPI socket (prints the VISA resource); pty: pseudo-terminal (prints its path)")
+    p_emu.add_argument("--host", default="127.0.0.1", help="address to listen on (tcp; default loopback)")
+    p_emu.add_argument("--port", type=int, default=5025, help="TCP port (0: any free port, printed)")
+    p_emu.add_argument("--link", help="pty: also make this symlink to the pty (stable across reconnects)")
+    p_emu.set_defaults(func=cmd_emulate)
     return parser
 
 

@@ -96,6 +96,9 @@ class TrainingSection(_Section):
     learning_rate: float = Field(0.1, gt=0, description="learning rate (weight units per unit gradient)")
     method: Literal["sgd", "mbgd", "svd", "streaming-pca", "nmf"] = Field("mbgd", description="gradient compressor")
     rank: int = Field(4, ge=1, description="rank k of the decomposition (svd, streaming-pca, nmf)")
+    passes: int = Field(
+        1, ge=1, description="passes over each batch for streaming-pca/nmf (1 = streaming; more buffers the batch)"
+    )
     mode: Literal["rank-seq", "rank-sum"] = Field(
         "rank-seq", description="rank-seq: outer-product pulse phases; rank-sum: host reconstruction, row programs"
     )
@@ -104,7 +107,7 @@ class TrainingSection(_Section):
     outer_mode: Literal["stochastic", "expected"] = Field(
         "stochastic", description="rank-seq coincidence: Binomial(slots, p*q), or its stochastically rounded mean"
     )
-    weight_range: float = Field(1.0, gt=0, description="|w| when one device of a pair is at Gmax, the other at Gmin")
+    weight_range: float = Field(0.5, gt=0, description="weight of a pair half a window apart: G_scale = (Gmax - Gmin)/(2 weight_range)")
     write_verify: bool = Field(True, description="program initial weights with read-back and correction")
     checkpoint_every: int = Field(1, ge=1, description="checkpoint every n epochs")
 

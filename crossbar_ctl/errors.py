@@ -26,3 +26,32 @@ class LimitError(CrossbarError, ValueError):
 
 class BackendError(CrossbarError, RuntimeError):
     """A backend could not be found, opened or used."""
+
+
+class ProtocolError(CrossbarError, ValueError):
+    """Bytes on an instrument link do not follow the command protocol (garbled, truncated, wrong length or
+    dtype). ``raw`` holds the offending bytes; ``code`` the SCPI error number a tester reports for it."""
+
+    def __init__(self, message: str, raw: bytes = b"", code: int = -102) -> None:
+        self.raw = bytes(raw)
+        self.code = code
+        shown = self.raw if len(self.raw) <= 200 else self.raw[:200] + b"..."
+        super().__init__(f"{message} (raw {len(self.raw)} bytes: {shown!r})")
+        self.message = message
+
+
+class InstrumentError(BackendError):
+    """The instrument reported an error: ``code`` and ``text`` as in its error queue (``SYST:ERR?``)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.code = int(code)
+        self.text = text
+        super().__init__(f"instrument error {self.code}: {text}")
+
+
+class ConnectionLostError(BackendError, ConnectionError):
+    """The link to the instrument broke (peer closed, reset, port vanished) or could not be opened."""
+
+
+class InstrumentTimeoutError(BackendError, TimeoutError):
+    """The instrument did not answer within ``[backend].timeout_s``."""

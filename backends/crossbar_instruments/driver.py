@@ -1,0 +1,326 @@
+"""TesterBackend: the crossbar operations sent to an array tester through a transport, with the codec.
+
+Every hook builds one command with :mod:`crossbar_instruments.codec`, re-checks it against ``[limits]``
+(nothing is sent if a value is out of bounds) and makes one round trip:
+
+* array operations carry the sequence number ``self.seq + 1``; the driver prefixes ``OUTP ON`` when outputs
+  are off and ``SEQ:LAST <n>`` when the instrument's counter must be re-synchronised (e.g. after a resume set
+  ``self.seq``);
+* commands without a reply are followed, in the same write, by ``SYST:ERR?`` and ``SEQ:LAST?`` (so the driver
+  knows both the error status and whether the operation was applied); queries return their reply or an error
+  reply. Either way an instrument error raises :class:`~crossbar_ctl.errors.InstrumentError`;
+* replies are checked too: a current above ``compliance_current_A`` leaves the tester safe and raises
+  InstrumentError(110).
+
+Lost connection: reconnect (``[backend].retries`` attempts, back-off ``backoff_s`` doubling), resynchronise the
+stream (``SYST:SYNC?``), clear the error queue, ask ``SEQ:LAST?`` and re-send the in-flight operation only if
+the instrument did not apply it. A query that was applied is re-sent with the same sequence number, and the
+tester answers from its reply cache without executing it again, so read noise is drawn once. A timeout or
+garbled reply is not retried (the error is raised) but the operation is remembered; the next call resolves it
+the same way and, if it was applied after all, logs it late (so the op log and the array agree).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from crossbar_ctl.backend import Backend, Capabilities
+from crossbar_ctl.config import RunConfig
+from crossbar_ctl.errors import (BackendError, ConnectionLostError, InstrumentError, InstrumentTimeoutError,
+                                 LimitError, ProtocolError)
+from crossbar_instruments.codec import COMMANDS, check_limits, decode_reply, encode_command
+from crossbar_instruments.transport import Transport
+
+log = logging.getLogger(__name__)
+
+#: Instrument errors for which the operation was nevertheless executed (and so has used its sequence number).
+APPLIED_ERRORS = frozenset({110})
+SYNC_TRIES = 64
+
+
+@dataclass
+class _Op:
+    """An array operation on its way to the instrument."""
+
+    seq: int
+    kind: str
+    tile: int
+    params: dict[str, Any]
+    command: bytes
+    name: str
+
+
+class TesterBackend(Backend):
+    """A crossbar array tester that speaks the protocol of ``hil/PROTOCOL.md``. Subclasses choose the transport
+    (:meth:`make_transport`); ``transport_factory`` overrides it (tests)."""
+
+    kind: ClassVar[str] = "tester"
+
+    def __init__(self, config: RunConfig, transport_factory: Callable[[], Transport] | None = None) -> None:
+        super().__init__(config)
+        self._factory = transport_factory or (lambda: self.make_transport(config))
+        self._t: Transport | None = None
+        self._output_on = False
+        self._wire_seq = 0
+        self._unresolved: _Op | None = None
+        self._syncs = 0
+        self.reconnects = 0
+        self._retrying(self._open_link)
+        try:
+            self._identify()
+        except BaseException:
+            self._drop()
+            raise
+
+    # ----------------------------------------------------------------- transport choice
+    def make_transport(self, config: RunConfig) -> Transport:
+        raise NotImplementedError(f"{type(self).__name__} does not choose a transport")
+
+    # ----------------------------------------------------------------- connection
+    def _open_link(self) -> None:
+        """Open the transport and resynchronise the stream: discard anything until our token comes back."""
+        t = self._factory()
+        t.open()
+        self._t = t
+        self._syncs += 1
+        t.write(encode_command("sync", token=self._syncs))
+        for _ in range(SYNC_TRIES):
+            try:
+                if decode_reply("sync", t.read_message())["token"] == self._syncs:
+                    return
+            except (ProtocolError, InstrumentError):
+                continue
+        raise ProtocolError("no answer to SYST:SYNC? among the first messages", b"")
+
+    def _drop(self) -> None:
+        t, self._t = self._t, None
+        self._output_on = False
+        if t is not None:
+            t.close()
+
+    def _retrying(self, fn: Callable[[], Any]) -> Any:
+        """``fn()``, retried on ConnectionLostError with exponential back-off."""
+        b = self.config.backend
+        for attempt in range(b.retries + 1):
+            try:
+                return fn()
+            except ConnectionLostError:
+                self._drop()
+                if attempt == b.retries:
+                    raise
+                time.sleep(b.backoff_s * 2 ** attempt)
+            except (InstrumentTimeoutError, ProtocolError):
+                self._drop()
+                raise
+
+    def _identify(self) -> None:
+        """First contact: reset, clear errors, identity and geometry (must agree with ``[array]``)."""
+        idn = self._query(encode_command("rst") + encode_command("cls") + encode_command("idn"), "idn")
+        self.idn = ",".join(idn[k] for k in ("maker", "model", "serial", "firmware"))
+        n = self._query(encode_command("tile_count"), "tile_count")["count"]
+        shapes = []
+        for t in range(n):
+            r = self._query(encode_command("tile_size", tile=t), "tile_size")
+            shapes.append((r["rows"], r["cols"]))
+        modes = self._query(encode_command("outer_modes"), "outer_modes")["modes"]
+        want = [tuple(s) for s in self.config.array.shapes()]
+        if shapes != want:
+            raise BackendError(f"{self.idn}: the instrument has tiles {shapes} (rows, cols) but [array] "
+                               f"describes {want}; fix the run config")
+        self._caps = Capabilities(tile_shapes=tuple(shapes), outer_modes=tuple(modes), slow=True)
+        self._wire_seq = 0
+
+    def _reconnect(self) -> None:
+        self.reconnects += 1
+        self._open_link()
+        last = self._query_now(encode_command("cls") + encode_command("seq_last_q"), "seq_last_q")["seq"]
+        self._wire_seq = last
+        u, self._unresolved = self._unresolved, None
+        if u is not None and last == u.seq == self.seq + 1:
+            log.warning("%s (seq %d) was applied although its reply was lost; logging it now", u.kind, u.seq)
+            self._emit(u.kind, u.tile, **u.params)
+        elif last not in (self.seq, self.seq + 1):
+            raise BackendError(f"the instrument's last applied sequence number is {last} but this session is "
+                               f"at {self.seq}: another client or a reset intervened; array state unknown")
+
+    # ----------------------------------------------------------------- round trips
+    def _query_now(self, data: bytes, reply: str) -> dict[str, Any]:
+        assert self._t is not None
+        self._t.write(data)
+        return decode_reply(reply, self._t.read_message())
+
+    def _query(self, data: bytes, reply: str) -> dict[str, Any]:
+        """A non-array round trip (re-sent after a reconnect)."""
+
+        def once() -> dict[str, Any]:
+            if self._t is None:
+                self._reconnect()
+            return self._query_now(data, reply)
+
+        return self._retrying(once)
+
+    def _array_op(self, name: str, kind: str, tile: int, args: dict[str, Any],
+                  emit: dict[str, Any]) -> dict[str, Any] | None:
+        """Send one sequence-numbered array operation; its reply values (queries) or None."""
+        spec = COMMANDS[name]
+        check_limits(spec.params, args, self.limits, spec.short_header(tile))  # before any byte is sent
+        if self._t is None:  # first resolve what an earlier failure left open: it may advance self.seq
+            self._retrying(self._reconnect)
+        seq = self.seq + 1
+        args = {"seq": seq, **args}
+        op = _Op(seq, kind, tile, emit, encode_command(name, tile=tile, **args), name)
+        state = {"sent": False}
+
+        def once() -> dict[str, Any] | None:
+            if self._t is None:
+                self._reconnect()
+                if state["sent"] and self._wire_seq == seq and not spec.is_query:
+                    return None  # applied before the link broke: do not send it again
+            prefix = b""
+            if self._wire_seq not in (self.seq, seq):  # (== seq: an applied query, re-sent for its cached reply)
+                prefix += encode_command("seq_last", seq=self.seq)
+            if not self._output_on:
+                prefix += encode_command("output", on=True)
+            suffix = b"" if spec.is_query else encode_command("err") + encode_command("seq_last_q")
+            state["sent"] = True
+            assert self._t is not None
+            self._t.write(prefix + op.command + suffix)
+            first = self._t.read_message()
+            self._output_on = True
+            self._wire_seq = self.seq
+            if spec.is_query:
+                return self._finish_query(op, first)
+            return self._finish_write(op, first, self._t.read_message())
+
+        try:
+            return self._retrying(once)
+        except (InstrumentTimeoutError, ProtocolError, ConnectionLostError):
+            if state["sent"]:
+                self._unresolved = op
+            raise
+
+    def _finish_write(self, op: _Op, err_raw: bytes, seq_raw: bytes) -> None:
+        """A command's status: ``SYST:ERR?`` (oldest queued error) and ``SEQ:LAST?`` (was it applied?)."""
+        err = decode_reply("err", err_raw)
+        last = decode_reply("seq_last_q", seq_raw)["seq"]
+        self._wire_seq = last
+        if last == op.seq:
+            if err["code"] != 0:  # applied, yet an error was queued (before it, or by it): log the op, report
+                self._emit(op.kind, op.tile, **op.params)
+                raise InstrumentError(err["code"], err["text"] + self._drain_errors())
+            return None
+        if err["code"] != 0:
+            raise InstrumentError(err["code"], err["text"] + self._drain_errors())
+        raise BackendError(f"{op.kind} (seq {op.seq}) was not applied and the tester reported no error "
+                           f"(its last applied sequence number is {last})")
+
+    def _finish_query(self, op: _Op, raw: bytes) -> dict[str, Any]:
+        """A query's reply; raise on instrument errors and on currents above compliance."""
+        spec = COMMANDS[op.name]
+        try:
+            values = decode_reply(op.name, raw)
+        except InstrumentError as err:
+            if err.code == -221:  # outputs were off after all: re-enable them next time
+                self._output_on = False
+            if err.code in APPLIED_ERRORS:
+                self._wire_seq = op.seq
+                self._output_on = False
+                self._emit(op.kind, op.tile, **op.params)
+            raise
+        self._wire_seq = op.seq
+        try:
+            check_limits(spec.reply, values, self.limits, f"reply of {spec.short_header(op.tile)}")
+        except LimitError as err:
+            self._emit(op.kind, op.tile, **op.params)
+            self._safe_state()
+            raise InstrumentError(110, f"Compliance exceeded; {err} (the tester did not limit it)") from None
+        return values
+
+    def _drain_errors(self) -> str:
+        more = []
+        for _ in range(16):
+            e = self._query(encode_command("err"), "err")
+            if e["code"] == 0:
+                break
+            more.append(f"{e['code']},{e['text']}")
+        return f" (also queued: {'; '.join(more)})" if more else ""
+
+    # ----------------------------------------------------------------- Backend hooks
+    def _capabilities(self) -> Capabilities:
+        return self._caps
+
+    def _read_vmm(self, tile: int, v: np.ndarray) -> np.ndarray:
+        return self._array_op("vmm", "read_vmm", tile, {"v": v}, {"batch": v.shape[0]})["i"]
+
+    def _read_vmm_t(self, tile: int, v: np.ndarray) -> np.ndarray:
+        return self._array_op("vmm_t", "read_vmm_t", tile, {"v": v}, {"batch": v.shape[0]})["i"]
+
+    def _read_conductance(self, tile: int) -> np.ndarray:
+        return self._array_op("cond", "read_conductance", tile, {}, {})["g"]
+
+    def _read_cell(self, tile: int, row: int, col: int, v_read_V: float) -> float:
+        args = {"row": int(row), "col": int(col), "v": v_read_V}
+        return self._array_op("cell_read", "read_cell", tile, args,
+                              {"row": row, "col": col, "v_read_V": v_read_V})["i"]
+
+    def _outer_pulse(self, tile: int, p: np.ndarray, q: np.ndarray, polarity: int, slots: int, mode: str,
+                     v_pulse_V: float, width_s: float) -> None:
+        args = {"p": p, "q": q, "polarity": int(polarity), "slots": int(slots), "mode": mode, "v": v_pulse_V,
+                "width": width_s}
+        self._array_op("outer", "outer_pulse", tile, args,
+                       {"row_drive": p, "col_drive": q, "polarity": polarity, "slots": slots, "mode": mode,
+                        "v_pulse_V": v_pulse_V, "width_s": width_s})
+
+    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> None:
+        peak = int(np.abs(pulses).max()) if pulses.size else 0
+        wire = pulses.astype(np.int16) if peak <= np.iinfo(np.int16).max else pulses
+        self._array_op("program", "program", tile,
+                       {"pulses": wire, "v_set": v_set_V, "v_reset": v_reset_V, "width": width_s},
+                       {"pulses": pulses, "v_set_V": v_set_V, "v_reset_V": v_reset_V, "width_s": width_s})
+
+    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int) -> None:
+        args = {"row": int(row), "col": int(col), "v": v_pulse_V, "width": width_s, "count": int(count)}
+        self._array_op("cell_pulse", "pulse_cell", tile, args,
+                       {"row": row, "col": col, "v_pulse_V": v_pulse_V, "width_s": width_s, "count": count})
+
+    def _safe_state(self) -> None:
+        """``OUTP OFF`` and confirm with ``SYST:SAFE?`` (raises if the tester does not report safe)."""
+        safe = self._query(encode_command("output", on=False) + encode_command("safe"), "safe")["safe"]
+        self._output_on = False
+        if not safe:
+            raise InstrumentError(-200, "outputs switched off but the tester does not report its safe state")
+
+    def _close(self) -> None:
+        self._drop()
+
+    def _describe(self) -> dict[str, Any]:
+        t = self._t
+        return {"idn": self.idn, "address": self.config.backend.address,
+                "transport": t.describe() if t is not None else None, "reconnects": self.reconnects}
+
+    # ----------------------------------------------------------------- extras
+    def true_conductance(self, tile: int) -> np.ndarray:
+        """Noise-free conductances (S) from an emulated tester's diagnostic query (not an array operation;
+        a real tester answers InstrumentError 102)."""
+        self._check_tile(tile)
+        return self._query(encode_command("cond_true", tile=tile), "cond_true")["g"]
+
+    def scpi(self, line: str) -> str | None:
+        """Send one raw command line; return the reply line (without ``\\n``) if it is a query (diagnostics)."""
+        self._check_open()
+        data = line.encode("ascii").rstrip(b"\n") + b"\n"
+
+        def once() -> str | None:
+            if self._t is None:
+                self._reconnect()
+            assert self._t is not None
+            self._t.write(data)
+            if not line.rstrip().split(" ", 1)[0].endswith("?"):
+                return None
+            return self._t.read_message()[:-1].decode("latin-1")
+
+        return self._retrying(once)

@@ -1,0 +1,107 @@
+"""Test helpers: pin the exact bytes a driver writes and feed it canned replies.
+
+:func:`expected_protocol` opens a :class:`~crossbar_instruments.driver.TesterBackend` (or subclass) on a
+:class:`ScriptedTransport` that asserts every write against a script of ``(written, reply)`` pairs::
+
+    with expected_protocol(VisaBackend, config, OPENING + [
+        (b"OUTP ON\\nTILE0:VMM? 1,F32,1x2,#18\\x00\\x00\\x80?\\x00\\x00\\x00@\\n", b"F32,1x1,#14\\x00\\x00\\x00?\\n"),
+    ]) as backend:
+        backend.read_vmm(0, [1.0, 2.0])
+
+A reply may also be an exception instance, raised by the next read (e.g. ConnectionLostError) to script
+failures. On exit every scripted write must have happened and every reply byte been read.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence, TypeVar
+
+from crossbar_ctl.config import RunConfig
+from crossbar_instruments.driver import TesterBackend
+from crossbar_instruments.transport import Transport
+
+B = TypeVar("B", bound=TesterBackend)
+Reply = bytes | BaseException | None
+
+
+class ScriptedTransport(Transport):
+    """A fake transport following a script of (expected write, reply) pairs; mismatches raise AssertionError."""
+
+    def __init__(self, script: Sequence[tuple[bytes, Reply]]) -> None:
+        super().__init__("scripted", 1.0)
+        self.script = list(script)
+        self.pos = 0
+        self.written: list[bytes] = []
+        self.opens = 0
+        self._open = False
+        self._pending = bytearray()
+        self._raise: BaseException | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def open(self) -> None:
+        self.opens += 1
+        self._open = True
+
+    def close(self) -> None:
+        self._open = False
+        self._pending.clear()
+        self._raise = None
+
+    def write(self, data: bytes) -> None:
+        assert self._open, "write on a closed transport"
+        data = bytes(data)
+        self.written.append(data)
+        if self.pos >= len(self.script):
+            raise AssertionError(f"unexpected write #{self.pos + 1} (the script has ended): {data!r}")
+        want, reply = self.script[self.pos]
+        if data != want:
+            raise AssertionError(f"write #{self.pos + 1} differs from the script\n  sent:     {data!r}\n"
+                                 f"  expected: {want!r}")
+        self.pos += 1
+        if self._pending:
+            raise AssertionError(f"write #{self.pos} while {bytes(self._pending)!r} of the last reply is unread")
+        if isinstance(reply, BaseException):
+            self._raise = reply
+        elif reply:
+            self._pending += reply
+
+    def _take(self, n: int) -> bytes:
+        if self._raise is not None:
+            err, self._raise = self._raise, None
+            raise err
+        if n > len(self._pending):
+            raise AssertionError(f"the driver reads {n} bytes but the scripted reply has "
+                                 f"{len(self._pending)} left: {bytes(self._pending)!r}")
+        out = bytes(self._pending[:n])
+        del self._pending[:n]
+        return out
+
+    def read_line(self, max_bytes: int) -> bytes:
+        k = self._pending.find(b"\n", 0, max_bytes)
+        return self._take(k + 1 if k >= 0 else min(max_bytes, max(len(self._pending), 1)))
+
+    def read_exact(self, n: int) -> bytes:
+        return self._take(n)
+
+    def check_done(self) -> None:
+        """Every scripted write happened and every reply byte was read."""
+        if self.pos != len(self.script):
+            raise AssertionError(f"{len(self.script) - self.pos} scripted write(s) never happened; next: "
+                                 f"{self.script[self.pos][0]!r}")
+        if self._pending or self._raise is not None:
+            raise AssertionError(f"unread reply bytes at the end: {bytes(self._pending)!r}")
+
+
+@contextmanager
+def expected_protocol(backend_cls: type[B], config: RunConfig,
+                      script: Sequence[tuple[bytes, Reply]]) -> Iterator[B]:
+    """Open ``backend_cls(config)`` on a :class:`ScriptedTransport`; check the whole script was used on exit.
+    The opening handshake is part of the script. The backend is not closed here: script ``close`` yourself."""
+    transport = ScriptedTransport(script)
+    backend = backend_cls(config, transport_factory=lambda: transport)
+    backend.transport = transport  # type: ignore[attr-defined]  # for assertions in tests
+    yield backend
+    transport.check_done()

@@ -1,0 +1,289 @@
+"""Byte links to an instrument: a small :class:`Transport` interface and its VISA and serial implementations.
+
+A transport writes bytes, reads a line (up to ``\\n``) and reads exactly n bytes; every call is bounded by
+``timeout_s``. A peer that does not answer raises :class:`~crossbar_ctl.errors.InstrumentTimeoutError`; a peer
+that closed, reset or vanished raises :class:`~crossbar_ctl.errors.ConnectionLostError`. Neither hangs.
+Framing (blocks that contain ``\\n``) is :func:`crossbar_instruments.blocks.read_message`'s job, on top of
+these two reads.
+"""
+from __future__ import annotations
+
+import abc
+import select
+import socket
+import time
+from typing import Any
+
+from crossbar_ctl.errors import ConnectionLostError, InstrumentTimeoutError
+from crossbar_instruments.blocks import MAX_MESSAGE_BYTES, read_message
+
+
+class Transport(abc.ABC):
+    """A byte link to one instrument. ``open`` may be called again after ``close`` (reconnect)."""
+
+    def __init__(self, address: str, timeout_s: float) -> None:
+        self.address = address
+        self.timeout_s = float(timeout_s)
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Connect; raises ConnectionLostError if the instrument cannot be reached."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Disconnect (idempotent, never raises)."""
+
+    @property
+    @abc.abstractmethod
+    def is_open(self) -> bool: ...
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send all of ``data``."""
+
+    @abc.abstractmethod
+    def read_line(self, max_bytes: int) -> bytes:
+        """Bytes up to and including the next ``\\n`` (or ``max_bytes`` bytes if none comes first)."""
+
+    @abc.abstractmethod
+    def read_exact(self, n: int) -> bytes:
+        """Exactly ``n`` bytes."""
+
+    def read_message(self, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
+        """One complete reply message (binary blocks read by their declared length)."""
+        return read_message(self, max_bytes)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self.address!r})"
+
+    def _timeout(self, what: str) -> InstrumentTimeoutError:
+        return InstrumentTimeoutError(f"{self.address}: no answer within {self.timeout_s:g} s ({what})")
+
+
+# --------------------------------------------------------------------------- VISA
+class VisaTransport(Transport):
+    """A pyvisa message-based resource, e.g. ``TCPIP::127.0.0.1::5025::SOCKET`` (raw socket, like port 5025 of
+    bench instruments) through ``library`` (default ``"@py"``, pyvisa-py; ``"file.yaml@sim"`` for pyvisa-sim).
+
+    Lines are read with the termination character ``\\n``; blocks with ``read_bytes`` (exact count, the
+    termination character ignored). With pyvisa-py sockets, readiness and end-of-file are checked on the socket
+    before each read, so a closed peer is reported at once instead of after the timeout."""
+
+    def __init__(self, address: str, timeout_s: float, library: str = "@py") -> None:
+        super().__init__(address, timeout_s)
+        self.library = library
+        self._rm: Any = None
+        self._inst: Any = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._inst is not None
+
+    def open(self) -> None:
+        import pyvisa
+
+        self.close()
+        try:
+            if self._rm is None:
+                self._rm = pyvisa.ResourceManager(self.library)
+            inst = self._rm.open_resource(self.address, open_timeout=int(self.timeout_s * 1000))
+        except (pyvisa.Error, OSError, ValueError, Exception) as err:  # pyvisa-py raises bare Exception
+            raise ConnectionLostError(f"{self.address}: cannot open ({err})") from err
+        inst.read_termination = "\n"
+        inst.write_termination = ""
+        inst.timeout = int(self.timeout_s * 1000)
+        inst.chunk_size = 1 << 20
+        if self.address.upper().endswith("::SOCKET"):
+            try:
+                inst.set_visa_attribute(pyvisa.constants.ResourceAttribute.tcpip_nodelay, True)
+            except Exception:  # optional: not every VISA library exposes it
+                pass
+        self._inst = inst
+
+    def close(self) -> None:
+        inst, self._inst = self._inst, None
+        if inst is not None:
+            try:
+                inst.close()
+            except Exception:
+                pass
+
+    def _require(self) -> Any:
+        if self._inst is None:
+            raise ConnectionLostError(f"{self.address}: not connected")
+        return self._inst
+
+    def _socket(self) -> tuple[Any, socket.socket | None]:
+        """The pyvisa-py session and its socket, if this is one (else (None, None))."""
+        try:
+            sess = self._rm.visalib.sessions[self._inst.session]
+        except Exception:
+            return None, None
+        sock = getattr(sess, "interface", None)
+        return (sess, sock) if isinstance(sock, socket.socket) else (None, None)
+
+    def _peer_closed(self) -> bool:
+        _, sock = self._socket()
+        if sock is None:
+            return False
+        try:
+            r, _, _ = select.select([sock], [], [], 0)
+            return bool(r) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    def _wait_readable(self) -> None:
+        sess, sock = self._socket()
+        if sock is None or getattr(sess, "_pending_buffer", b""):
+            return
+        try:
+            r, _, _ = select.select([sock], [], [], self.timeout_s)
+            if not r:
+                raise self._timeout("read")
+            if sock.recv(1, socket.MSG_PEEK) == b"":
+                raise ConnectionLostError(f"{self.address}: connection closed by the instrument")
+        except (OSError, ValueError) as err:
+            if isinstance(err, (InstrumentTimeoutError, ConnectionLostError)):
+                raise
+            raise ConnectionLostError(f"{self.address}: {err}") from err
+
+    def _io_error(self, err: Exception, what: str) -> Exception:
+        import pyvisa
+
+        if isinstance(err, pyvisa.VisaIOError) and err.error_code == pyvisa.constants.StatusCode.error_timeout:
+            if not self._peer_closed():
+                return self._timeout(what)
+        return ConnectionLostError(f"{self.address}: {what} failed ({err})")
+
+    def write(self, data: bytes) -> None:
+        inst = self._require()
+        try:
+            inst.write_raw(bytes(data))
+        except Exception as err:
+            raise self._io_error(err, "write") from err
+
+    def read_line(self, max_bytes: int) -> bytes:
+        inst = self._require()
+        self._wait_readable()
+        try:
+            return inst.read_bytes(max_bytes, break_on_termchar=True)
+        except Exception as err:
+            raise self._io_error(err, "read") from err
+
+    def read_exact(self, n: int) -> bytes:
+        inst = self._require()
+        if n <= 0:
+            return b""
+        self._wait_readable()
+        try:
+            out = inst.read_bytes(n, break_on_termchar=False)
+        except Exception as err:
+            raise self._io_error(err, "read") from err
+        if len(out) != n:
+            raise self._timeout(f"{len(out)} of {n} bytes")
+        return out
+
+    @property
+    def resource(self) -> Any:
+        """The open pyvisa resource (for tests and diagnostics)."""
+        return self._require()
+
+
+# --------------------------------------------------------------------------- serial
+class SerialTransport(Transport):
+    """A pyserial port: a device (``/dev/ttyUSB0``), a pseudo-terminal path, or any pyserial URL (``loop://``,
+    ``socket://host:port``). 8 data bits, 1 stop bit, no flow control; ``baud`` and ``parity`` from config."""
+
+    def __init__(self, address: str, timeout_s: float, baud: int = 115200, parity: str = "N") -> None:
+        super().__init__(address, timeout_s)
+        self.baud = int(baud)
+        self.parity = parity
+        self._ser: Any = None
+        self._buf = bytearray()
+
+    @property
+    def is_open(self) -> bool:
+        return self._ser is not None
+
+    def open(self) -> None:
+        import serial
+
+        self.close()
+        try:
+            self._ser = serial.serial_for_url(self.address, baudrate=self.baud, parity=self.parity, bytesize=8,
+                                              stopbits=1, timeout=self.timeout_s, write_timeout=self.timeout_s)
+        except (serial.SerialException, OSError, ValueError) as err:
+            raise ConnectionLostError(f"{self.address}: cannot open ({err})") from err
+        self._buf.clear()
+
+    def close(self) -> None:
+        ser, self._ser = self._ser, None
+        self._buf.clear()
+        if ser is not None:
+            try:
+                ser.close()
+            except Exception:
+                pass
+
+    def _require(self) -> Any:
+        if self._ser is None:
+            raise ConnectionLostError(f"{self.address}: not connected")
+        return self._ser
+
+    def _lost(self, err: Exception) -> ConnectionLostError:
+        return ConnectionLostError(f"{self.address}: {err}")
+
+    def write(self, data: bytes) -> None:
+        import serial
+
+        ser = self._require()
+        try:
+            ser.write(bytes(data))
+        except serial.SerialTimeoutException as err:
+            raise self._timeout("write") from err
+        except (serial.SerialException, OSError) as err:
+            raise self._lost(err) from err
+
+    def _fill(self, deadline: float) -> None:
+        """Append what is waiting (at least one byte) to the buffer, or raise on timeout / loss."""
+        import serial
+
+        ser = self._require()
+        if time.monotonic() > deadline:
+            raise self._timeout("read")
+        try:
+            chunk = ser.read(max(1, ser.in_waiting))
+        except (serial.SerialException, OSError, TypeError) as err:
+            raise self._lost(err) from err
+        if not chunk:
+            raise self._timeout("read")
+        self._buf += chunk
+
+    def read_line(self, max_bytes: int) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        scanned = 0
+        while True:
+            k = self._buf.find(b"\n", scanned, max_bytes)
+            if k >= 0 or len(self._buf) >= max_bytes:
+                end = k + 1 if k >= 0 else max_bytes
+                out = bytes(self._buf[:end])
+                del self._buf[:end]
+                return out
+            scanned = len(self._buf)
+            self._fill(deadline)
+
+    def read_exact(self, n: int) -> bytes:
+        import serial
+
+        if len(self._buf) < n:
+            ser = self._require()
+            try:
+                chunk = ser.read(n - len(self._buf))
+            except (serial.SerialException, OSError, TypeError) as err:
+                raise self._lost(err) from err
+            self._buf += chunk
+            if len(self._buf) < n:
+                raise self._timeout(f"{len(self._buf)} of {n} bytes")
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
