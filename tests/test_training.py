@@ -33,17 +33,18 @@ def test_layer_sizes_and_softmax_delta() -> None:
     assert list(pred) == [1, 0]
 
 
-@pytest.mark.parametrize("method, mode, rank", [
-    ("mbgd", "rank-sum", 1),
-    ("svd", "rank-seq", 2),
-    ("streaming-pca", "rank-seq", 2),
-    ("streaming-pca", "rank-sum", 2),
-    ("nmf", "rank-seq", 2),
-    ("nmf", "rank-sum", 2),
+@pytest.mark.parametrize("method, mode, rank, passes", [
+    ("mbgd", "rank-sum", 1, 1),
+    ("svd", "rank-seq", 2, 1),
+    ("streaming-pca", "rank-seq", 2, 1),
+    ("streaming-pca", "rank-sum", 2, 3),
+    ("nmf", "rank-seq", 2, 3),
+    ("nmf", "rank-sum", 2, 3),
 ])
-def test_each_method_learns_on_the_ideal_device(method: str, mode: str, rank: int) -> None:
+def test_each_method_learns_on_the_ideal_device(method: str, mode: str, rank: int, passes: int) -> None:
     cfg = small('device.preset="ideal"', f'training.method="{method}"', f'training.mode="{mode}"',
-                f"training.rank={rank}", "training.batch_size=32", "training.learning_rate=0.2")
+                f"training.rank={rank}", "training.batch_size=32", "training.learning_rate=0.2",
+                f"training.passes={passes}")
     res = Trainer(cfg, None, progress=False).run()
     assert res["final_test_accuracy"] > 0.5, res["epochs"]  # chance is 0.1
     assert res["array_ops"] > 0 and res["device_pulses"] > 0

@@ -13,7 +13,8 @@ name                      emits                                          memory 
 ========================  =============================================  =======================
 
 (``r = min(N, M)``: svd holds the thin SVD factors while finishing a batch, ``N M + k (N + M + 1)``
-between batches.)
+between batches.) With the option ``passes = p > 1`` streaming-pca and nmf buffer the batch and iterate
+over it p times: add ``B (N + M)`` (pca) or ``B (N + 2M)`` (nmf) floats for a batch of B pairs.
 """
 
 from __future__ import annotations

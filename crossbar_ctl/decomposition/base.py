@@ -94,6 +94,19 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def _append_rows(buf: np.ndarray | None, A: np.ndarray) -> np.ndarray:
+    """A new array holding the rows of ``buf`` (if any) followed by a copy of ``A``'s rows.
+
+    Used by the multi-pass compressors to keep a batch's chunks as ONE instance array, so its
+    ``.size`` (``b_total * width``) is what ``held_floats`` counts; the caller's arrays are never
+    referenced.  (Re-allocating per chunk costs ``O(b_total^2 width)`` copies for pair-by-pair
+    streaming, negligible next to the iterations for batch-sized chunks.)
+    """
+    if buf is None:
+        return np.array(A, dtype=np.float64, order="C", copy=True)
+    return np.concatenate([buf, A], axis=0)
+
+
 def _as_float_array(name: str, a: Any) -> np.ndarray:
     arr = np.asarray(a)
     if arr.dtype == np.bool_ or not (

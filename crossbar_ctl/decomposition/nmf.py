@@ -26,6 +26,19 @@ until the next exact solve chooses a better value).
 Memory (measured on the instance): ``k (N + 2M)`` floats -- W and H; the accumulators live in
 their buffers.  Emitted (option ``split_signs``, default True): ``U = [W, W]``, ``V = [H+, -H-]``
 (2k single-sign pairs, columns balanced so ``||u_j|| = ||v_j||``), else ``U = W``, ``V = H+ - H-``.
+
+Option ``passes=p`` (int >= 1, default 1).  ``p = 1`` is the one-pass half step above.  For
+``p > 1`` the batch is buffered -- ``X`` (B x N) and ``E = [D+ | D-]`` (B x 2M), so that
+``A = X^T E / B`` -- and ``finish_batch`` runs ``p`` full ANLS rounds on *this* batch, warm-started
+from the previous batch's W, always through the factors (never forming the N x 2M matrix A):
+
+    H <- argmin_{H >= 0} ||A - W H^T||   from  A^T W = E^T (X W) / B   and  W^T W,
+    W <- argmin_{W >= 0} ||A - W H^T||   from  A H   = X^T (E H) / B   and  H^T H,
+
+each followed by the unit-column rescaling; the update is emitted after the last W step.  Every
+step is an exact minimisation, so ``||A - W H^T||_F`` never increases from round to round (and
+more passes never give a larger stacked error).  Memory: ``k (N + 2M) + B (N + 2M)`` floats at the
+batch's peak (the buffer is released at the end of ``finish_batch``); the phase is not used.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import numpy as np
 
 from ._linalg import add_outer
 from ._nnls import nnls_rows_
-from .base import Compressor, LowRankUpdate, StateDict
+from .base import Compressor, LowRankUpdate, StateDict, _append_rows, _check_int
 
 __all__ = ["NMF"]
 
@@ -47,15 +60,23 @@ class NMF(Compressor):
     """Streaming ANLS non-negative factorisation of ``[X^T D+ | X^T D-] / B``; see the module doc.
 
     Requires ``x >= 0`` (raises ValueError otherwise).
-    Options: ``split_signs`` (bool, default True).
+    Options: ``split_signs`` (bool, default True); ``passes`` (int >= 1, default 1: one streaming
+    half step per batch; ``p > 1``: buffer the batch and run ``p`` full ANLS rounds on it).
     """
 
     name: ClassVar[str] = "nmf"
-    OPTIONS: ClassVar[tuple[str, ...]] = ("split_signs",)
+    OPTIONS: ClassVar[tuple[str, ...]] = ("split_signs", "passes")
 
-    def _setup(self, rng: np.random.Generator, split_signs: bool = True, **options: Any) -> None:
+    def _setup(
+        self,
+        rng: np.random.Generator,
+        split_signs: bool = True,
+        passes: int = 1,
+        **options: Any,
+    ) -> None:
         if not isinstance(split_signs, (bool, np.bool_)):
             raise ValueError(f"nmf: split_signs must be a bool, got {split_signs!r}")
+        self.passes = _check_int("nmf: passes", passes, 1)
         if self.rank > min(self.n_rows, 2 * self.n_cols):
             raise ValueError(
                 f"nmf: rank {self.rank} exceeds min(N, 2M) = {min(self.n_rows, 2 * self.n_cols)}"
@@ -68,6 +89,9 @@ class NMF(Compressor):
         self._H = H / np.linalg.norm(H, axis=0)
         self._phase = _H_STEP
         self._batches = 0
+        # passes > 1: the batch buffer X (b x N) and E = [D+ | D-] (b x 2M); None between batches
+        self._bx: np.ndarray | None = None
+        self._be: np.ndarray | None = None
 
     @property
     def row_factor(self) -> np.ndarray:
@@ -90,10 +114,20 @@ class NMF(Compressor):
         return X, D
 
     def _start(self) -> None:
+        if self.passes > 1:
+            self._bx = self._be = None
+            return
         (self._H if self._phase == _H_STEP else self._W).fill(0.0)
 
     def _consume(self, X: np.ndarray, D: np.ndarray) -> None:
         M = self.n_cols
+        if self.passes > 1:
+            self._bx = _append_rows(self._bx, X)
+            E = np.empty((X.shape[0], 2 * M))
+            np.maximum(D, 0.0, out=E[:, :M])
+            np.maximum(-D, 0.0, out=E[:, M:])
+            self._be = _append_rows(self._be, E)
+            return
         if self._phase == _H_STEP:
             XW = X @ self._W  # (b, k)
             add_outer(self._H[:M], np.maximum(D, 0.0), XW)  # H+ part += D+^T X W
@@ -103,6 +137,8 @@ class NMF(Compressor):
             add_outer(self._W, X, E)  # W += X^T (D+ H+ + D- H-)
 
     def _finish(self, n: int) -> LowRankUpdate:
+        if self.passes > 1:
+            return self._finish_passes(n)
         if self._phase == _H_STEP:
             self._H /= n  # S = A^T W
             nnls_rows_(self._W.T @ self._W, self._H)
@@ -118,10 +154,32 @@ class NMF(Compressor):
         self._batches += 1
         return update
 
+    def _finish_passes(self, n: int) -> LowRankUpdate:
+        """``passes`` full ANLS rounds (H step, W step) on the buffered ``A = X^T E / n``."""
+        X, E = self._bx, self._be
+        assert X is not None and E is not None
+        for _ in range(self.passes):
+            np.matmul(E.T, X @ self._W, out=self._H)  # n A^T W
+            self._H /= n
+            nnls_rows_(self._W.T @ self._W, self._H)
+            self._rescale(self._H, self._W)
+            np.matmul(X.T, E @ self._H, out=self._W)  # n A H
+            self._W /= n
+            nnls_rows_(self._H.T @ self._H, self._W)
+            self._rescale(self._W, self._H)
+        self._note_memory()
+        self._bx = self._be = None  # release the batch
+        self._batches += 1
+        return self._emit()
+
     @staticmethod
     def _rescale(solved: np.ndarray, other: np.ndarray) -> None:
         """Unit columns for ``solved``, norms moved into ``other``; dead columns restart uniform."""
         norms = np.linalg.norm(solved, axis=0)
+        if norms.all():  # common case, same arithmetic as below without the masking overhead
+            solved /= norms
+            other *= norms
+            return
         dead = norms == 0.0
         solved[:, ~dead] /= norms[~dead]
         solved[:, dead] = 1.0 / np.sqrt(solved.shape[0])

@@ -69,7 +69,7 @@ class Trainer:
         self.rng = stream(config.seed, STREAM_DATA)
         self.controller = Controller(self.backend, config, self.sizes, stream(config.seed, STREAM_CONTROLLER))
         self.model = CrossbarMLP(self.controller)
-        options = {"passes": t.passes} if t.passes != 1 else {}
+        options = {"passes": t.passes} if t.method in ("streaming-pca", "nmf") else {}
         self.compressors = [
             make_compressor(t.method, n, m, t.rank, stream(config.seed, STREAM_COMPRESSOR, l), **options)
             for l, (n, m) in enumerate(self.sizes)
