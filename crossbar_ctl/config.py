@@ -99,6 +99,9 @@ class TrainingSection(_Section):
     passes: int = Field(
         1, ge=1, description="passes over each batch for streaming-pca/nmf (1 = streaming; more buffers the batch)"
     )
+    nmf_pairs: Literal["net", "split"] = Field(
+        "net", description="nmf: net = (w, h+ - h-) per component; split = (w, h+) and (w, -h-) as separate phases"
+    )
     mode: Literal["rank-seq", "rank-sum"] = Field(
         "rank-seq", description="rank-seq: outer-product pulse phases; rank-sum: host reconstruction, row programs"
     )
@@ -116,6 +119,9 @@ class LoggingSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     progress: bool = Field(True, description="show progress bars")
     op_log: bool = Field(True, description="append every array operation to the run's op log")
+    op_log_flush: Literal["batch", "op"] = Field(
+        "batch", description="op log flush: at batch ends (at most every 20 ms; cheap) or after every operation"
+    )
 
 
 class RunConfig(_Section):

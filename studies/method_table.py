@@ -61,6 +61,26 @@ def collect(out_dir: Path) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """One line per (device, method, mode, rank, passes): accuracy mean ± std over seeds, memory, pulses."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["device"], r["method"], r["mode"], r["rank"], r["passes"]), []).append(r)
+    out = ["| device | method | mode | k | passes | test accuracy % | seeds | memory (floats, 785×100 layer) "
+           "| training device pulses |", "|---|---|---|---|---|---|---|---|---|"]
+    order = {"mbgd": 0, "streaming-pca": 1, "nmf": 2, "svd": 3}
+    for key in sorted(groups, key=lambda k: (k[0], order.get(k[1], 9), k[2], int(k[3] or 0), k[4])):
+        g = groups[key]
+        acc = [100 * r["test_accuracy"] for r in g]
+        sd = f" ± {statistics.stdev(acc):.1f}" if len(acc) > 1 else ""
+        pulses = statistics.mean(float(r["device_pulses"]) for r in g)
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {statistics.mean(acc):.1f}{sd} "
+                   f"| {len(g)} | {g[0]['memory_floats_layer1']:,} | {pulses:,.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -70,18 +90,21 @@ def main() -> None:
     ap.add_argument("--devices", default="agsi,ideal")
     ap.add_argument("--methods", default="mbgd,streaming-pca,nmf")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--report-only", action="store_true", help="only rebuild table.csv/table.md from OUT_DIR")
     a = ap.parse_args()
     extra = [f"training.epochs={a.epochs}", "logging.progress=false", *a.set]
     pts = points(a.devices.split(","), [int(s) for s in a.seeds.split(",")], a.methods.split(","), extra)
-    with ProcessPoolExecutor(a.jobs) as pool:
-        for msg in pool.map(run_point, [(n, o, str(a.out)) for n, o in pts]):
-            print(msg, flush=True)
+    if not a.report_only:
+        with ProcessPoolExecutor(a.jobs) as pool:
+            for msg in pool.map(run_point, [(n, o, str(a.out)) for n, o in pts]):
+                print(msg, flush=True)
     rows = collect(a.out)
     with open(a.out / "table.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"{len(rows)} points -> {a.out / 'table.csv'}")
+    (a.out / "table.md").write_text(markdown(rows))
+    print(f"{len(rows)} points -> {a.out / 'table.csv'}, {a.out / 'table.md'}")
 
 
 if __name__ == "__main__":
