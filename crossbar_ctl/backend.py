@@ -27,7 +27,7 @@ from crossbar_ctl.errors import BackendError, LimitError
 
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
 
-OuterMode = Literal["stochastic", "expected"]
+OuterMode = Literal["stochastic", "expected", "nearest"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class OpRecord:
     kind: str
     tile: int
     params: dict[str, Any]
+    status: str = "ok"  # "late": applied, its reply lost, logged when resolved; "error": applied, error reported
 
 
 class Backend(abc.ABC):
@@ -93,10 +94,15 @@ class Backend(abc.ABC):
         """Call ``fn(record)`` after every array operation (the op log attaches here)."""
         self._listeners.append(fn)
 
-    def _emit(self, kind: str, tile: int, **params: Any) -> None:
+    def remove_listener(self, fn: Callable[[OpRecord], None]) -> None:
+        """Detach a listener added with :meth:`add_listener` (no error if it is not attached)."""
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def _emit(self, kind: str, tile: int, _status: str = "ok", **params: Any) -> None:
         self.seq += 1
         if self._listeners:
-            rec = OpRecord(self.seq, kind, tile, params)
+            rec = OpRecord(self.seq, kind, tile, params, _status)
             for fn in self._listeners:
                 fn(rec)
 
@@ -150,8 +156,10 @@ class Backend(abc.ABC):
     ) -> None:
         """One parallel rank-1 pulse phase. In each of ``slots`` slots row i fires with probability
         ``row_drive[i]`` and column j with ``col_drive[j]``; device (i, j) takes a pulse of sign ``polarity``
-        where both fire, so its count is Binomial(slots, row_drive[i]·col_drive[j]) (``mode="stochastic"``) or
-        the stochastically rounded mean slots·p·q (``mode="expected"``)."""
+        where both fire, so its count is Binomial(slots, row_drive[i]·col_drive[j]) (``mode="stochastic"``),
+        the stochastically rounded mean slots·p·q (``mode="expected"``) or its nearest integer (``"nearest"``,
+        deterministic: what an update without stochastic rounding gets). Backends list theirs in
+        ``capabilities.outer_modes``."""
         rows, cols = self.shape(tile)
         p = self._check_drive(row_drive, rows, "row_drive")
         q = self._check_drive(col_drive, cols, "col_drive")
