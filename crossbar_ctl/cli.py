@@ -1,14 +1,18 @@
-"""The ``crossbar-ctl`` command: config checks, training, benchmarks."""
+"""The ``crossbar-ctl`` command: config checks, training, op logs, benchmarks, the emulated tester."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from crossbar_ctl.config import default_toml, dump_toml, load_config
+from crossbar_ctl.config import RunConfig, default_toml, dump_toml, load_config
 from crossbar_ctl.errors import CrossbarError
 
 
@@ -30,34 +34,118 @@ def cmd_config_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from crossbar_ctl.training.trainer import Trainer
+#: Signals that stop a training run; the first raises in the main thread so that the trainer's ``finally``
+#: closes the backend (safe state) and the op log.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While active: SIGINT raises KeyboardInterrupt, SIGTERM/SIGHUP raise SystemExit(128 + signal number).
+    A second signal while the run is being wound down is reported and ignored (leaving the array safe must not
+    be cut short); a third abandons the clean-up. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hits: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        hits.append(signum)
+        name = signal.Signals(signum).name
+        if len(hits) == 2:
+            print(f"crossbar-ctl: {name} again: still leaving the backend in its safe state (once more to "
+                  f"abandon that)", file=sys.stderr, flush=True)
+            return
+        print(f"crossbar-ctl: {name}: stopping; leaving the backend in its safe state", file=sys.stderr,
+              flush=True)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _run_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
+    """The config of ``train`` (from --config/--set, or the run directory's results.json plus --set on
+    --resume) and the run directory."""
     if args.resume is not None:
         ckpt_cfg = args.resume / "results.json"
         if not ckpt_cfg.is_file():
             raise CrossbarError(f"{args.resume}: no results.json to resume from")
-        from crossbar_ctl.config import config_from_dict
+        from crossbar_ctl.config import apply_override, config_from_dict
 
-        cfg = config_from_dict(json.loads(ckpt_cfg.read_text())["config"], str(ckpt_cfg))
-        out = args.resume
-    else:
-        cfg = load_config(args.config, args.set)
-        out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    trainer = Trainer(cfg, out, progress=not args.quiet)
-    print(f"training {cfg.training.method} ({cfg.training.mode}, rank {cfg.training.rank}) on "
-          f"{cfg.backend.kind} with device {cfg.device.preset or cfg.device.model}; run directory {out}",
-          flush=True)
-    res = trainer.run(resume=args.resume is not None)
+        data = json.loads(ckpt_cfg.read_text())["config"]
+        for item in args.set:  # e.g. a tester that moved: --set backend.address=...
+            apply_override(data, item)
+        return config_from_dict(data, str(ckpt_cfg)), args.resume
+    cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        return cfg, args.out
+    return cfg, args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg, out = _run_config(args)
+    if args.dry_run:
+        from crossbar_ctl.dryrun import dry_run, format_dry_run
+
+        report = dry_run(cfg, _op_times(args.op_time))
+        print(json.dumps(report.as_dict(), indent=2) if args.json else format_dry_run(report))
+        return 0 if report.ok else 2
+    from crossbar_ctl.training.trainer import Trainer
+
+    assert out is not None
+    try:
+        with stop_signals_raise():
+            trainer = Trainer(cfg, out, progress=not args.quiet)
+            print(f"training {cfg.training.method} ({cfg.training.mode}, rank {cfg.training.rank}) on "
+                  f"{cfg.backend.kind} with device {cfg.device.preset or cfg.device.model}; run directory {out}",
+                  flush=True)
+            res = trainer.run(resume=args.resume is not None)
+    except (KeyboardInterrupt, SystemExit):
+        print(f"crossbar-ctl: training stopped; the backend was closed in its safe state; continue with "
+              f"crossbar-ctl train --resume {out}", file=sys.stderr, flush=True)
+        raise
     print(f"final test accuracy {res['final_test_accuracy']:.4f}; results in {out / 'results.json'}")
     return 0
+
+
+def _op_times(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        kind, _, value = item.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            raise CrossbarError(f"--op-time {item!r}: expected KIND=SECONDS, e.g. read_vmm=5e-4") from None
+    return out
+
+
+def cmd_log_show(args: argparse.Namespace) -> int:
+    from crossbar_ctl.oplog import FILENAME, format_summary, summarize
+
+    path = args.path / FILENAME if args.path.is_dir() else args.path
+    if not path.is_file():
+        raise CrossbarError(f"{args.path}: no op log ({FILENAME}) here")
+    s = summarize(path)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0 if s["sequence"]["ok"] else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "sim":
         from crossbar_sim.bench import bench_sim
 
-        result = bench_sim()
+        result = bench_sim(quick=args.quick)
+    elif args.what == "hil":
+        from crossbar_instruments.bench import bench_hil
+
+        result = bench_hil(quick=args.quick)
     else:
         from crossbar_ctl.training.bench import bench_train
 
@@ -112,10 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--out", "-o", type=Path, help="run directory (default runs/train-<time>)")
     p_train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its checkpoint")
     p_train.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p_train.add_argument("--dry-run", action="store_true",
+                         help="check the run (config, data, tile fit, limits) and estimate its operations and "
+                              "duration without opening the backend")
+    p_train.add_argument("--op-time", action="append", default=[], metavar="KIND=SECONDS",
+                         help="--dry-run: seconds per operation of a kind (read_vmm, read_vmm_t, outer_pulse, "
+                              "program, read_conductance), e.g. from crossbar-ctl bench hil")
+    p_train.add_argument("--json", action="store_true", help="--dry-run: print JSON")
     p_train.set_defaults(func=cmd_train)
 
+    p_log = sub.add_parser("log", help="inspect a run's op log")
+    log_sub = p_log.add_subparsers(dest="log_command", required=True)
+    p_show = log_sub.add_parser("show", help="summarise DIR/oplog.h5: ops per kind, sequence check, time span")
+    p_show.add_argument("path", type=Path, metavar="DIR", help="run directory (or the .h5 file)")
+    p_show.add_argument("--json", action="store_true", help="print JSON")
+    p_show.set_defaults(func=cmd_log_show)
+
     p_bench = sub.add_parser("bench", help="benchmarks (speed goals live here, not in tests)")
-    p_bench.add_argument("what", choices=["sim", "train"])
+    p_bench.add_argument("what", choices=["sim", "train", "hil"])
     p_bench.add_argument("--json", action="store_true", help="print JSON")
     p_bench.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
     p_bench.set_defaults(func=cmd_bench)

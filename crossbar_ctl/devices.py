@@ -99,7 +99,7 @@ class _DeviceBase(BaseModel):
         for sign, (target, rate) in zip((1.0, -1.0), self.nominal_maps()):
             sel = (g1 > g0) if sign > 0 else (g1 < g0)
             if rate == 0.0:
-                out = np.where(sel, (g1 - g0) / target, out)
+                out = np.where(sel, (g1 - g0) / abs(target), out)
                 continue
             rho = -math.log(1.0 - rate)
             with np.errstate(divide="ignore", invalid="ignore"):

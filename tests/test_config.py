@@ -77,7 +77,7 @@ def test_preset_expands_and_keys_override(tmp_path: Path) -> None:
     d = cfg.device
     assert isinstance(d, NeuroSimExpDevice)
     assert d.sigma_c2c == 0.0
-    assert d.g_min_S == pytest.approx(3.0769e-9) and d.g_max_S == pytest.approx(38.462e-9)
+    assert d.g_min_S == pytest.approx(3.0769e-9, rel=1e-12, abs=0) and d.g_max_S == pytest.approx(38.462e-9, rel=1e-12, abs=0)
     assert d.pmax_ltp == 97 and d.pmax_ltd == 100
     assert d.a_ltp == pytest.approx(0.499181 * 97) and d.a_ltd == pytest.approx(0.200303 * 100)
     text = dump_toml(cfg)
@@ -150,7 +150,7 @@ def test_each_model_has_levels_and_a_documented_equation(cls: type) -> None:
     dev = cls()
     up, down = dev.levels_up_down()
     assert up > 1 and down > 1
-    assert dev.mean_step_S() == pytest.approx(0.5 * dev.g_range_S * (1 / up + 1 / down))
+    assert dev.mean_step_S() == pytest.approx(0.5 * dev.g_range_S * (1 / up + 1 / down), rel=1e-12, abs=0)
     assert "=" in (cls.__doc__ or "")
 
 
