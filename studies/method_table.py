@@ -15,7 +15,8 @@ from pathlib import Path
 RANKS = (1, 2, 3, 5, 10)
 
 
-def points(devices: list[str], seeds: list[int], methods: list[str], extra: list[str]) -> list[tuple[str, list[str]]]:
+def points(devices: list[str], seeds: list[int], methods: list[str], extra: list[str], ranks: tuple[int, ...] = RANKS,
+           modes: tuple[str, ...] = ("rank-seq", "rank-sum")) -> list[tuple[str, list[str]]]:
     out = []
     for dev in devices:
         for seed in seeds:
@@ -23,8 +24,8 @@ def points(devices: list[str], seeds: list[int], methods: list[str], extra: list
             if "mbgd" in methods:
                 out.append((f"{dev}/mbgd/s{seed}", base + ['training.method="mbgd"', 'training.mode="rank-sum"']))
             for method in [m for m in methods if m != "mbgd"]:
-                for mode in ("rank-seq", "rank-sum"):
-                    for k in RANKS:
+                for mode in modes:
+                    for k in ranks:
                         out.append((f"{dev}/{method}-{mode}-k{k}/s{seed}",
                                     base + [f'training.method="{method}"', f'training.mode="{mode}"', f"training.rank={k}"]))
     return out
@@ -89,11 +90,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--devices", default="agsi,ideal")
     ap.add_argument("--methods", default="mbgd,streaming-pca,nmf")
+    ap.add_argument("--ranks", default=",".join(map(str, RANKS)))
+    ap.add_argument("--modes", default="rank-seq,rank-sum")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--report-only", action="store_true", help="only rebuild table.csv/table.md from OUT_DIR")
     a = ap.parse_args()
     extra = [f"training.epochs={a.epochs}", "logging.progress=false", *a.set]
-    pts = points(a.devices.split(","), [int(s) for s in a.seeds.split(",")], a.methods.split(","), extra)
+    pts = points(a.devices.split(","), [int(s) for s in a.seeds.split(",")], a.methods.split(","), extra,
+                 tuple(int(k) for k in a.ranks.split(",")), tuple(a.modes.split(",")))
     if not a.report_only:
         with ProcessPoolExecutor(a.jobs) as pool:
             for msg in pool.map(run_point, [(n, o, str(a.out)) for n, o in pts]):
