@@ -99,6 +99,9 @@ class TrainingSection(_Section):
     passes: int = Field(
         1, ge=1, description="passes over each batch for streaming-pca/nmf (1 = streaming; more buffers the batch)"
     )
+    nmf_factors: Literal["shared", "separate"] = Field(
+        "shared", description="nmf: one row factor for both sign parts (k(N+2M) floats) or one each (2k(N+M))"
+    )
     nmf_pairs: Literal["net", "split"] = Field(
         "net", description="nmf: net = (w, h+ - h-) per component; split = (w, h+) and (w, -h-) as separate phases"
     )
