@@ -10,11 +10,14 @@ name                      emits                                          memory 
 ``svd``                   top-k SVD of the explicit ``G``                ``N M + (k+r)(N+M+1)``
 ``streaming-pca``         projection of ``G`` on tracked rank-k spaces   ``k (N + M) + k``
 ``nmf``                   ``W (H+ - H-)^T`` as 2k single-sign pairs      ``k (N + 2M)``
+``nmf`` (separate)        ``W+ H+^T - W- H-^T`` as 2k single-sign pairs  ``2k (N + M)``
 ========================  =============================================  =======================
 
 (``r = min(N, M)``: svd holds the thin SVD factors while finishing a batch, ``N M + k (N + M + 1)``
 between batches.) With the option ``passes = p > 1`` streaming-pca and nmf buffer the batch and iterate
 over it p times: add ``B (N + M)`` (pca) or ``B (N + 2M)`` (nmf) floats for a batch of B pairs.
+nmf's option ``factors`` is ``"shared"`` (default: one row factor W for ``[X^T D+ | X^T D-] / B``)
+or ``"separate"`` (``X^T D+ / B`` and ``X^T D- / B`` factored independently at rank k each).
 """
 
 from __future__ import annotations
