@@ -1,0 +1,211 @@
+"""Protocol framework: registry, parameters, limits checked before any operation, estimates, cell specs, clocks."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable
+
+import numpy as np
+import pytest
+
+from crossbar_ctl.config import config_from_dict
+from crossbar_ctl.errors import ConfigError, LimitError
+from crossbar_protocols import Plan, Protocol, ProtocolParams, ProtocolResult, make_protocol, register_protocol
+from crossbar_protocols.base import _REGISTERED, available_protocols, protocol_class
+from crossbar_protocols.cells import parse_cells
+from crossbar_protocols.clock import SimulatedClock, WallClock, default_clock
+from crossbar_sim.backend import SimBackend
+
+BUILTIN = ["array-map", "endurance", "iv-sweep", "ltp-ltd", "read-disturb", "retention", "write-verify"]
+
+
+def sim(rows: int = 2, cols: int = 4, **device: Any) -> SimBackend:
+    return SimBackend(config_from_dict({"seed": 3, "array": {"tiles": 1, "rows": rows, "cols": cols},
+                                        "device": {"preset": "agsi", **device}}))
+
+
+def test_builtin_protocols_come_from_the_entry_point_group() -> None:
+    from importlib.metadata import entry_points
+
+    names = {ep.name for ep in entry_points(group="crossbar_ctl.protocols")}
+    assert set(BUILTIN) <= names
+    for name in BUILTIN:
+        cls = protocol_class(name)
+        assert issubclass(cls, Protocol) and cls.name == name
+
+
+def test_a_user_protocol_registers_in_process_and_runs() -> None:
+    class CountParams(ProtocolParams):
+        reads: int = 3
+
+    class ReadTwice(Protocol):
+        """Reads each cell `reads` times."""
+
+        name = "read-twice-test"
+        Params = CountParams
+
+        def limit_items(self) -> Iterable[tuple[str, float, str]]:
+            return []
+
+        def plan(self, cells: np.ndarray) -> Plan:
+            return Plan(ops={"read_cell": self.params.reads * len(cells)}, reads=self.params.reads * len(cells))
+
+        def _run(self, backend: Any, cells: np.ndarray, rng: Any, clock: Any) -> ProtocolResult:
+            i = [backend.read_cell(*c) for c in cells.tolist() for _ in range(self.params.reads)]
+            return ProtocolResult(self.name, self.params_dict(), cells, {"i_A": np.array(i)}, {"i_A": "A"})
+
+    register_protocol(ReadTwice)
+    try:
+        assert "read-twice-test" in available_protocols()
+        proto = make_protocol("read-twice-test", {"reads": 2})
+        b = sim()
+        res = proto.run(b, [(0, 0, 0), (0, 1, 3)])
+        assert len(res.table["i_A"]) == 4 and b.seq == 4
+    finally:
+        _REGISTERED.pop("read-twice-test", None)
+
+
+def test_parameter_names_that_shadow_config_sections_are_refused() -> None:
+    class Bad(ProtocolParams):
+        device: int = 0
+
+    class BadProto(Protocol):
+        name = "bad"
+        Params = Bad
+
+    with pytest.raises(ValueError, match="reserved"):
+        register_protocol(BadProto)
+
+
+def test_unknown_protocol_and_unknown_parameter_are_named() -> None:
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'.*ltp-ltd"):
+        protocol_class("nope")
+    with pytest.raises(ConfigError, match="cylces: unknown parameter"):
+        make_protocol("ltp-ltd", {"cylces": 3})
+    with pytest.raises(ConfigError, match="v_reset_V"):
+        make_protocol("ltp-ltd", {"v_reset_V": 2.0})  # depression needs a negative amplitude
+
+
+OVER_LIMIT = [  # (protocol, params, limit that refuses it, value)
+    ("ltp-ltd", {"v_set_V": 3.5}, "max_voltage_V", 3.5),
+    ("ltp-ltd", {"width_s": 2e-3}, "max_pulse_width_s", 2e-3),
+    ("ltp-ltd", {"pulses_per_step": 2000, "pulses_ltp": 2000, "pulses_ltd": 2000}, "max_pulses_per_device", 2000),
+    ("iv-sweep", {"v_min_V": -3.2}, "max_voltage_V", 3.2),  # only the far end of the sweep is over
+    ("iv-sweep", {"compliance_A": 1e-3}, "compliance_current_A", 1e-3),
+    ("retention", {"v_program_V": -4.0}, "max_voltage_V", 4.0),
+    ("endurance", {"pulses_per_step": 1500, "pulses_set": 1500}, "max_pulses_per_device", 1500),
+    ("read-disturb", {"v_read_V": -3.1}, "max_voltage_V", 3.1),
+    ("array-map", {"width_s": 1.0}, "max_pulse_width_s", 1.0),
+    ("write-verify", {"v_reset_V": -5.0}, "max_voltage_V", 5.0),
+]
+
+
+@pytest.mark.parametrize("name,params,limit,value", OVER_LIMIT)
+def test_over_limit_parameter_is_refused_before_any_operation(name: str, params: dict, limit: str,
+                                                              value: float) -> None:
+    b = sim()
+    ops: list[Any] = []
+    b.add_listener(ops.append)
+    g0 = b.true_conductance(0)
+    proto = make_protocol(name, params)
+    with pytest.raises(LimitError) as err:
+        proto.run(b, [(0, 0, 0), (0, 1, 1)])
+    assert err.value.limit == limit and err.value.value == pytest.approx(value)
+    assert limit in str(err.value) and name in str(err.value)
+    assert ops == [] and b.seq == 0
+    assert np.array_equal(b.true_conductance(0), g0)
+
+
+def test_energy_per_operation_is_bounded_before_any_operation() -> None:
+    cfg = config_from_dict({"array": {"tiles": 1, "rows": 4, "cols": 4}, "limits": {"max_energy_per_op_J": 1e-12}})
+    b = SimBackend(cfg)
+    cells = [(0, r, c) for r in range(4) for c in range(4)]
+    # 16 devices x 1 pulse x (2 V)² x 38.5 nS x 1 µs = 2.5e-12 J in one program: refused; one device: 1.5e-13 J
+    with pytest.raises(LimitError) as err:
+        make_protocol("ltp-ltd", {"mode": "parallel", "pulses_ltp": 2, "pulses_ltd": 2}).run(b, cells)
+    assert err.value.limit == "max_energy_per_op_J" and err.value.value == pytest.approx(16 * 4 * 38.462e-9 * 1e-6)
+    assert b.seq == 0
+    make_protocol("ltp-ltd", {"mode": "cell", "pulses_ltp": 2, "pulses_ltd": 2}).run(b, cells[:2])
+
+
+DETERMINISTIC_COUNTS = [  # protocols whose operation count does not depend on what they measure
+    ("ltp-ltd", {"pulses_ltp": 6, "pulses_ltd": 4, "pulses_per_step": 2, "cycles": 2, "prepare_pulses": 3}),
+    ("ltp-ltd", {"pulses_ltp": 6, "pulses_ltd": 4, "cycles": 2, "mode": "parallel"}),
+    ("iv-sweep", {"step_V": 0.1, "cycles": 2}),
+    ("retention", {"duration_s": 10, "interval_s": 2}),
+    ("read-disturb", {"reads": 7}),
+    ("array-map", {"repeats": 1, "pulses_set": 25, "pulses_reset": 20}),
+    ("array-map", {"mode": "cell", "pulse_response": False}),
+    ("endurance", {"cycles": 3, "pulses_set": 25, "pulses_reset": 30, "window_threshold": 1.01}),
+]
+
+
+@pytest.mark.parametrize("name,params", DETERMINISTIC_COUNTS)
+def test_estimate_counts_exactly_the_operations_and_pulses_sent(name: str, params: dict) -> None:
+    b = sim()
+    ops: list[Any] = []
+    b.add_listener(ops.append)
+    proto = make_protocol(name, params)
+    cells = [(0, 0, 1), (0, 1, 2), (0, 1, 3)]
+    est = proto.estimate(cells)
+    proto.run(b, cells)
+    kinds: dict[str, int] = {}
+    pulses = 0
+    for rec in ops:
+        kinds[rec.kind] = kinds.get(rec.kind, 0) + 1
+        pulses += rec.params["count"] if rec.kind == "pulse_cell" else 0
+        pulses += int(np.abs(rec.params["pulses"]).sum()) if rec.kind == "program" else 0
+    assert {k: v for k, v in est["ops"].items() if v} == kinds
+    assert est["pulses"] == pulses
+    assert est["duration_s"] > 0
+
+
+def test_write_verify_estimate_is_an_upper_bound() -> None:
+    b = sim()
+    ops: list[Any] = []
+    b.add_listener(ops.append)
+    proto = make_protocol("write-verify", {"max_pulses": 60})
+    est = proto.estimate([(0, 0, 0), (0, 0, 1)])
+    res = proto.run(b, [(0, 0, 0), (0, 0, 1)])
+    assert len(ops) <= sum(est["ops"].values())
+    assert res.summary["pulses_total"] <= est["pulses"]
+
+
+def test_cell_specs() -> None:
+    shapes = [(4, 8), (2, 3)]
+    assert parse_cells("0:0:0-7", shapes).tolist() == [[0, 0, c] for c in range(8)]
+    assert len(parse_cells("1:*:*", shapes)) == 6
+    assert parse_cells("0:1:2,1:0:0", shapes).tolist() == [[0, 1, 2], [1, 0, 0]]
+    assert len(parse_cells("*:0:0", shapes)) == 2
+    with pytest.raises(IndexError):
+        parse_cells("0:4:0", shapes)
+    with pytest.raises(ValueError, match="TILE:ROWS:COLS"):
+        parse_cells("0:1", shapes)
+    with pytest.raises(ValueError):
+        make_protocol("ltp-ltd").run(sim(), [(0, 0, 0), (0, 0, 0)])  # repeated cell
+
+
+def test_clocks() -> None:
+    c = SimulatedClock()
+    t = time.monotonic()
+    c.sleep(3600.0)
+    assert c.now() == 3600.0 and time.monotonic() - t < 0.5
+    w = WallClock()
+    w.sleep(0.02)
+    assert w.now() >= 0.02
+    assert isinstance(default_clock(sim()), SimulatedClock)
+
+    class Fake:
+        kind = "visa"
+
+    assert isinstance(default_clock(Fake()), WallClock)  # type: ignore[arg-type]
+    assert isinstance(default_clock(Fake(), simulated=True), SimulatedClock)  # type: ignore[arg-type]
+
+
+def test_half_select_switching_between_chosen_cells_is_refused_before_any_operation() -> None:
+    b = sim(rows=3, cols=3)
+    proto = make_protocol("ltp-ltd", {"v_set_V": 2.6, "v_reset_V": -2.0, "pulses_ltp": 4, "pulses_ltd": 4})
+    with pytest.raises(ConfigError, match="half-select.*row 0"):
+        proto.run(b, [(0, 0, 0), (0, 0, 2)])  # 1.3 V on the shared row is above the 1.2 V threshold
+    assert b.seq == 0
+    proto.run(b, [(0, 0, 0), (0, 1, 1), (0, 2, 2)])  # distinct rows and columns: allowed
+    make_protocol("ltp-ltd", {"pulses_ltp": 4, "pulses_ltd": 4}).run(sim(), [(0, 0, 0), (0, 0, 1)])  # 1 V: fine
