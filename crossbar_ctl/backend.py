@@ -24,6 +24,7 @@ import numpy as np
 
 from crossbar_ctl.config import RunConfig, config_from_dict, load_config
 from crossbar_ctl.errors import BackendError, LimitError
+from crossbar_ctl.safety import operation as _operation
 
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
 
@@ -107,6 +108,7 @@ class Backend(abc.ABC):
                 fn(rec)
 
     # ----------------------------------------------------------------- read operations
+    @_operation
     def read_vmm(self, tile: int, v_rows: np.ndarray) -> np.ndarray:
         """Forward multiply: drive rows with ``v_rows`` (V), shape (rows,) or (batch, rows); return column
         currents i_cols = Gᵀ v (A), shape (cols,) or (batch, cols), with read noise and DAC/ADC effects."""
@@ -116,6 +118,7 @@ class Backend(abc.ABC):
         self._emit("read_vmm", tile, batch=v.shape[0])
         return out[0] if one else out
 
+    @_operation
     def read_vmm_t(self, tile: int, v_cols: np.ndarray) -> np.ndarray:
         """Transpose multiply: drive columns with ``v_cols`` (V), shape (cols,) or (batch, cols); return row
         currents i_rows = G v (A), shape (rows,) or (batch, rows)."""
@@ -125,6 +128,7 @@ class Backend(abc.ABC):
         self._emit("read_vmm_t", tile, batch=v.shape[0])
         return out[0] if one else out
 
+    @_operation
     def read_conductance(self, tile: int) -> np.ndarray:
         """Read every device of ``tile`` (at the read voltage, with read noise): G, shape (rows, cols), siemens."""
         self._check_tile(tile)
@@ -132,6 +136,7 @@ class Backend(abc.ABC):
         self._emit("read_conductance", tile)
         return out
 
+    @_operation
     def read_cell(self, tile: int, row: int, col: int, v_read_V: float | None = None) -> float:
         """Current (A) through one device read at ``v_read_V`` (default ``[read].v_read_V``)."""
         self._check_cell(tile, row, col)
@@ -142,6 +147,7 @@ class Backend(abc.ABC):
         return out
 
     # ----------------------------------------------------------------- write operations
+    @_operation
     def outer_pulse(
         self,
         tile: int,
@@ -177,6 +183,7 @@ class Backend(abc.ABC):
         self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
                    v_pulse_V=v, width_s=w)
 
+    @_operation
     def program(
         self,
         tile: int,
@@ -204,6 +211,7 @@ class Backend(abc.ABC):
         self._program(tile, counts, vs, vr, w)
         self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
 
+    @_operation
     def pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int = 1) -> None:
         """Apply ``count`` pulses of ``v_pulse_V`` (sign = polarity) and ``width_s`` to one device."""
         self._check_cell(tile, row, col)

@@ -123,7 +123,7 @@ class LoggingSection(_Section):
     progress: bool = Field(True, description="show progress bars")
     op_log: bool = Field(True, description="append every array operation to the run's op log")
     op_log_flush: Literal["batch", "op"] = Field(
-        "batch", description="op log flush: at batch ends (at most every 20 ms; cheap) or after every operation"
+        "batch", description="op log flush: at batch ends (at most every 50 ms; cheap) or after every operation"
     )
 
 

@@ -17,7 +17,10 @@ stream (``SYST:SYNC?``), clear the error queue, ask ``SEQ:LAST?`` and re-send th
 the instrument did not apply it. A query that was applied is re-sent with the same sequence number, and the
 tester answers from its reply cache without executing it again, so read noise is drawn once. A timeout or
 garbled reply is not retried (the error is raised) but the operation is remembered; the next call resolves it
-the same way and, if it was applied after all, logs it late (so the op log and the array agree).
+the same way and, if it was applied after all, logs it late (status ``"late"``, so the op log and the array
+agree). A KeyboardInterrupt or SystemExit (a signal) in the middle of a round trip is treated like a garbled
+reply: the link is dropped and the operation remembered, so that ``close()`` reconnects, resolves it and leaves
+the tester safe on a clean stream.
 """
 from __future__ import annotations
 
@@ -116,6 +119,9 @@ class TesterBackend(Backend):
             except (InstrumentTimeoutError, ProtocolError):
                 self._drop()
                 raise
+            except (KeyboardInterrupt, SystemExit):  # a signal: the stream may be in the middle of a reply,
+                self._drop()  # so the next round trip (close -> safe state) reconnects and resynchronises
+                raise
 
     def _identify(self) -> None:
         """First contact: reset, clear errors, identity and geometry (must agree with ``[array]``)."""
@@ -142,7 +148,7 @@ class TesterBackend(Backend):
         u, self._unresolved = self._unresolved, None
         if u is not None and last == u.seq == self.seq + 1:
             log.warning("%s (seq %d) was applied although its reply was lost; logging it now", u.kind, u.seq)
-            self._emit(u.kind, u.tile, **u.params)
+            self._emit(u.kind, u.tile, "late", **u.params)
         elif last not in (self.seq, self.seq + 1):
             raise BackendError(f"the instrument's last applied sequence number is {last} but this session is "
                                f"at {self.seq}: another client or a reset intervened; array state unknown")
@@ -198,7 +204,7 @@ class TesterBackend(Backend):
 
         try:
             return self._retrying(once)
-        except (InstrumentTimeoutError, ProtocolError, ConnectionLostError):
+        except (InstrumentTimeoutError, ProtocolError, ConnectionLostError, KeyboardInterrupt, SystemExit):
             if state["sent"]:
                 self._unresolved = op
             raise
@@ -210,7 +216,7 @@ class TesterBackend(Backend):
         self._wire_seq = last
         if last == op.seq:
             if err["code"] != 0:  # applied, yet an error was queued (before it, or by it): log the op, report
-                self._emit(op.kind, op.tile, **op.params)
+                self._emit(op.kind, op.tile, "error", **op.params)
                 raise InstrumentError(err["code"], err["text"] + self._drain_errors())
             return None
         if err["code"] != 0:
@@ -229,13 +235,13 @@ class TesterBackend(Backend):
             if err.code in APPLIED_ERRORS:
                 self._wire_seq = op.seq
                 self._output_on = False
-                self._emit(op.kind, op.tile, **op.params)
+                self._emit(op.kind, op.tile, "error", **op.params)
             raise
         self._wire_seq = op.seq
         try:
             check_limits(spec.reply, values, self.limits, f"reply of {spec.short_header(op.tile)}")
         except LimitError as err:
-            self._emit(op.kind, op.tile, **op.params)
+            self._emit(op.kind, op.tile, "error", **op.params)
             self._safe_state()
             raise InstrumentError(110, f"Compliance exceeded; {err} (the tester did not limit it)") from None
         return values

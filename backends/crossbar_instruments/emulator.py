@@ -39,14 +39,18 @@ class _Stopped(Exception):
 
 
 class _Stream:
-    """The server's end of one connection: buffered reads that wait for data, stop or disconnect."""
+    """The server's end of one connection: buffered reads that wait for data, stop or disconnect. Replies are
+    collected and sent in one piece before the next wait for input (a pipelined command and its status queries
+    get one segment back, not one per reply)."""
 
     def __init__(self, recv: Callable[[], bytes | None], send: Callable[[bytes], None], fileno: int,
                  stop: threading.Event, initial: bytes = b"") -> None:
         self._recv, self._send, self._fd, self._stop = recv, send, fileno, stop
         self._buf = bytearray(initial)
+        self._out = bytearray()
 
     def _fill(self) -> None:
+        self.flush()
         while True:
             if self._stop.is_set():
                 raise _Stopped
@@ -87,10 +91,16 @@ class _Stream:
         del self._buf[:self._buf.index(b"\n") + 1]
 
     def write(self, data: bytes) -> None:
-        try:
-            self._send(data)
-        except OSError as err:
-            raise _Closed from err
+        self._out += data
+
+    def flush(self) -> None:
+        """Send the collected replies."""
+        if self._out:
+            data, self._out = bytes(self._out), bytearray()
+            try:
+                self._send(data)
+            except OSError as err:
+                raise _Closed from err
 
 
 def serve_connection(tester: Tester, stream: _Stream, faults: Faults) -> str:
@@ -112,11 +122,13 @@ def serve_connection(tester: Tester, stream: _Stream, faults: Faults) -> str:
             continue
         fault = faults.take(raw)
         action = fault.action if fault else None
+        if action is not None:
+            stream.flush()  # the replies to the commands before the faulty one get through
         if action == "drop":
             return "dropped"
         if action == "stall":
             faults.stall(fault.seconds)
-        reply = tester.handle(raw)
+        reply = tester.refuse(raw, fault.code) if action == "error" else tester.handle(raw)
         if action == "drop_after":
             return "dropped"
         if action == "garbage":

@@ -39,13 +39,15 @@ class Fault:
     """One injected fault, fired at the ``nth`` command whose header starts with ``match`` (case-insensitive;
     ``""`` matches every command). Actions: ``drop`` closes the connection before executing the command (it is
     not applied); ``drop_after`` executes it, then closes before replying; ``stall`` waits ``seconds`` (or until
-    :meth:`Faults.release`) before executing; ``garbage`` executes it and sends ``data`` instead of the reply."""
+    :meth:`Faults.release`) before executing; ``garbage`` executes it and sends ``data`` instead of the reply;
+    ``error`` refuses it with error ``code`` (not applied: a query gets the error reply, a command queues it)."""
 
-    action: Literal["drop", "drop_after", "stall", "garbage"]
+    action: Literal["drop", "drop_after", "stall", "garbage", "error"]
     match: str = ""
     nth: int = 1
     seconds: float = 0.0
     data: bytes = b"F64,1x1,#3xyz\n"
+    code: int = -240
     seen: int = 0
     fired: bool = False
 
@@ -177,6 +179,12 @@ class Tester:
             except Exception as err:  # the device under test failed: report, keep serving
                 log.exception("execution of %r failed", cmd.spec.short_header(cmd.tile))
                 return self._error(-200, f"{type(err).__name__}: {err}", cmd.spec.is_query)
+
+    def refuse(self, raw: bytes, code: int, detail: str = "injected fault") -> bytes | None:
+        """Answer a command with error ``code`` without executing it (fault injection)."""
+        with self.lock:
+            self.commands += 1
+            return self._error(code, detail, codec.looks_like_query(raw))
 
     def framing_error(self, err: ProtocolError) -> bytes | None:
         """A message that could not even be framed (the server reports it like any other bad command)."""
