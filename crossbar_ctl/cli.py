@@ -4,13 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from crossbar_ctl.config import RunConfig, default_toml, dump_toml, load_config
 from crossbar_ctl.errors import CrossbarError
@@ -32,42 +28,6 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_config_defaults(args: argparse.Namespace) -> int:
     sys.stdout.write(default_toml())
     return 0
-
-
-#: Signals that stop a training run; the first raises in the main thread so that the trainer's ``finally``
-#: closes the backend (safe state) and the op log.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """While active: SIGINT raises KeyboardInterrupt, SIGTERM/SIGHUP raise SystemExit(128 + signal number).
-    A second signal while the run is being wound down is reported and ignored (leaving the array safe must not
-    be cut short); a third abandons the clean-up. No-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hits: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        hits.append(signum)
-        name = signal.Signals(signum).name
-        if len(hits) == 2:
-            print(f"crossbar-ctl: {name} again: still leaving the backend in its safe state (once more to "
-                  f"abandon that)", file=sys.stderr, flush=True)
-            return
-        print(f"crossbar-ctl: {name}: stopping; leaving the backend in its safe state", file=sys.stderr,
-              flush=True)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    old = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _run_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
@@ -97,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         report = dry_run(cfg, _op_times(args.op_time))
         print(json.dumps(report.as_dict(), indent=2) if args.json else format_dry_run(report))
         return 0 if report.ok else 2
+    from crossbar_ctl.safety import stop_signals_raise
     from crossbar_ctl.training.trainer import Trainer
 
     assert out is not None
@@ -230,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_emu.add_argument("--port", type=int, default=5025, help="TCP port (0: any free port, printed)")
     p_emu.add_argument("--link", help="pty: also make this symlink to the pty (stable across reconnects)")
     p_emu.set_defaults(func=cmd_emulate)
+
+    from crossbar_protocols.cli import add_protocol_parser
+
+    add_protocol_parser(sub)
+    from crossbar_ctl.sweeps.cli import add_sweep_parsers
+
+    add_sweep_parsers(sub)
     return parser
 
 

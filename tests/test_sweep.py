@@ -1,0 +1,178 @@
+"""Sweeps: a tiny sweep through a real 2-worker LocalCluster (with a failing point), resume, refusal, report."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from crossbar_ctl.errors import ConfigError
+from crossbar_ctl.sweeps import runner
+from crossbar_ctl.sweeps.cli import add_sweep_parsers
+from crossbar_ctl.sweeps.report import make_report
+from crossbar_ctl.sweeps.runner import run_sweep
+from crossbar_ctl.sweeps.spec import expand_points, load_sweep
+
+BASE = """
+[base]
+training.limit_train = 200
+training.limit_test = 100
+training.hidden = [8]
+training.epochs = 1
+training.rank = 2
+array.rows = [785, 9]
+array.cols = [16, 20]
+"""
+# sgd with the default batch size 64 is refused by the Trainer: that point fails, the others must not.
+TINY = 'name = "t"\nseeds = [0, 1]\nfloat_ceiling = 0.9\n' + BASE + """
+[axes]
+"training.method" = ["mbgd", "nmf", "sgd"]
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the tiny sweep twice on a fresh 2-worker LocalCluster each time; keep what each run saw."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    spec = load_sweep(write(tmp / "tiny.toml", TINY))
+    points = expand_points(spec)
+    out = tmp / "out"
+    first = run_sweep(spec, points, out, workers=2, progress=False, echo=lambda s: None)
+    good = [p.name for p in points if "sgd" not in p.name]
+    mtimes = {n: (out / n / "results.json").stat().st_mtime_ns for n in good}
+    err_mtimes = {p.name: (out / p.name / "error.json").stat().st_mtime_ns for p in points if "sgd" in p.name}
+    second = run_sweep(spec, points, out, workers=2, progress=False, echo=lambda s: None)
+    return {"out": out, "points": points, "good": good, "first": first, "second": second, "mtimes": mtimes,
+            "err_mtimes": err_mtimes}
+
+
+def test_failed_point_recorded_and_sweep_goes_on(swept: dict) -> None:
+    first = swept["first"]
+    assert sorted(first.done) == sorted(swept["good"]) and len(first.done) == 4
+    assert sorted(first.failed) == ["method-sgd_seed-0", "method-sgd_seed-1"]
+    err = json.loads((swept["out"] / "method-sgd_seed-0" / "error.json").read_text())
+    assert err["error_type"] == "ValueError" and "batch_size" in err["error"]
+    assert "Traceback" in err["traceback"] and err["overrides"] == {"training.method": "sgd"}
+    for name in swept["good"]:
+        assert json.loads((swept["out"] / name / "results.json").read_text())["complete"] is True
+        assert not (swept["out"] / name / "error.json").exists()
+
+
+def test_rerun_skips_complete_points_and_retries_failed(swept: dict) -> None:
+    second = swept["second"]
+    assert sorted(second.skipped) == sorted(swept["good"]) and second.done == []
+    assert sorted(second.failed) == ["method-sgd_seed-0", "method-sgd_seed-1"]
+    for name, mtime in swept["mtimes"].items():  # each good point ran exactly once
+        assert (swept["out"] / name / "results.json").stat().st_mtime_ns == mtime
+    for name, mtime in swept["err_mtimes"].items():  # the failed ones ran again
+        assert (swept["out"] / name / "error.json").stat().st_mtime_ns > mtime
+
+
+def test_report_summary_matches_results(swept: dict) -> None:
+    out = swept["out"]
+    written = make_report(out)
+    rows = {r["point"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+    assert sorted(rows) == ["method-mbgd", "method-nmf"]  # failed points have no complete run: left out
+    for group in rows:
+        res = [json.loads((out / f"{group}_seed-{s}" / "results.json").read_text()) for s in (0, 1)]
+        row = rows[group]
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
+        for col, vals in (("final_test_accuracy", [r["final_test_accuracy"] for r in res]),
+                          ("memory_floats_layer1", [r["memory_floats"][0] for r in res]),
+                          ("device_pulses", [r["device_pulses"] for r in res]),
+                          ("array_ops", [r["array_ops"] for r in res])):
+            assert float(row[f"{col}_mean"]) == pytest.approx(statistics.mean(vals))
+            assert float(row[f"{col}_std"]) == pytest.approx(statistics.stdev(vals), abs=1e-12)
+    assert rows["method-nmf"]["rank"] == "2" and rows["method-mbgd"]["rank"] == ""
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) == 4
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_instrument_backend_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = TINY.replace('"training.method" = ["mbgd", "nmf", "sgd"]', '"backend.kind" = ["sim", "visa"]')
+    spec = load_sweep(write(tmp_path / "hw.toml", text))
+    points = expand_points(spec)
+
+    def no_cluster(*a: object, **k: object) -> None:
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(runner, "open_client", no_cluster)
+    with pytest.raises(ConfigError, match="one array cannot run two points at once") as info:
+        run_sweep(spec, points, tmp_path / "out", workers=2, progress=False)
+    assert "kind-visa" in str(info.value) and "'visa'" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ('seeds = [0]\nepochs = 3\n', ["bad.toml", "epochs", "unknown key"]),
+    ('[axes]\n"training.rank" = {start = 1, stop = 3, stpe = 1}\n', ["bad.toml", "stpe", "unknown key"]),
+    ('[axes]\nseed = [0, 1]\n', ["bad.toml", "axes", "seeds"]),
+    ('[axes]\n"trainin.rank" = [1]\n', ["bad.toml", "trainin.rank"]),
+    ('[axes]\n"training.rank" = []\n', ["bad.toml", "training.rank", "no values"]),
+])
+def test_sweep_file_errors_name_file_and_key(tmp_path: Path, text: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write(tmp_path / "bad.toml", text))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_point_config_errors_name_point_and_key(tmp_path: Path) -> None:
+    spec = load_sweep(write(tmp_path / "s.toml", BASE + '[axes]\n"training.rnak" = [1]\n'))
+    with pytest.raises(ConfigError, match=r"(?s)s\.toml \(point rnak-1_seed-0\).*\[training\]\.rnak"):
+        expand_points(spec)
+    spec = load_sweep(write(tmp_path / "e.toml", BASE + '[axes]\n"training.rank" = [1]\n[[exclude]]\n'
+                            '"training.mode" = "rank-seq"\n'))
+    with pytest.raises(ConfigError, match=r"exclude\[0\]\.training\.mode: not an axis"):
+        expand_points(spec)
+
+
+def test_expansion_ranges_exclude_include_dedupe_and_base_file(tmp_path: Path) -> None:
+    write(tmp_path / "run.toml", "[training]\nepochs = 7\nhidden = [8]\n")
+    spec = load_sweep(write(tmp_path / "s.toml", """
+base_file = "run.toml"
+seeds = {start = 0, stop = 2}
+[base]
+training.epochs = 2
+[axes]
+training.method = ["streaming-pca", "nmf"]
+training.mode = ["rank-seq", "rank-sum"]
+training.rank = {start = 1, stop = 6, step = 2}
+[[exclude]]
+"training.method" = "nmf"
+"training.rank" = [3, 5]
+[[include]]
+"training.method" = "mbgd"
+[[include]]
+"training.method" = "mbgd"
+"""))
+    points = expand_points(spec)
+    groups = sorted({p.group for p in points})
+    assert len(groups) == 2 * 3 + 2 * 1 + 1 and "method-mbgd" in groups
+    assert "method-nmf_mode-rank-sum_rank-1" in groups and "method-nmf_mode-rank-sum_rank-3" not in groups
+    assert len(points) == 2 * len(groups) and {p.seed for p in points} == {0, 1}
+    p = points[0]
+    assert p.config.training.epochs == 2 and p.config.training.hidden == [8] and p.config.seed == 0
+    assert [q.name for q in expand_points(spec)] == [q.name for q in points]  # deterministic
+
+
+def test_cli_parsers(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_sweep_parsers(parser.add_subparsers(dest="command"))
+    a = parser.parse_args(["sweep", "s.toml", "--out", str(tmp_path), "--workers", "3"])
+    assert a.workers == 3 and a.scheduler is None
+    assert parser.parse_args(["sweep", "s.toml", "--out", "x"]).workers is None and a.func.__name__ == "cmd_sweep"
+    a = parser.parse_args(["report", str(tmp_path), "--float-ceiling", "0.93"])
+    assert a.float_ceiling == 0.93 and a.func.__name__ == "cmd_report"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sweep", "s.toml", "--out", "x", "--workers", "2", "--scheduler", "tcp://h:1"])
