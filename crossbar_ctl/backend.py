@@ -315,7 +315,7 @@ class Backend(abc.ABC):
             raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.size:
-            peak = float(np.abs(arr).max())
+            peak = float(np.maximum(arr.max(), -arr.min()))  # NaN propagates
             if not np.isfinite(peak):
                 raise ValueError(f"{name} contains NaN or infinity")
             if peak > self.limits.max_voltage_V:
@@ -326,7 +326,7 @@ class Backend(abc.ABC):
         arr = np.ascontiguousarray(d, dtype=np.float64)
         if arr.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},), got {np.shape(d)}")
-        if arr.size and not (np.all(arr >= 0.0) and np.all(arr <= 1.0)):
+        if arr.size and not (arr.min() >= 0.0 and arr.max() <= 1.0):  # NaN fails both comparisons
             bad = arr[~((arr >= 0.0) & (arr <= 1.0))][0]
             raise ValueError(f"{name} entries are firing probabilities in [0, 1], got {bad!r}")
         return arr
