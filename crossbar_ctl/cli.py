@@ -52,9 +52,9 @@ def _run_config(args: argparse.Namespace) -> tuple[RunConfig, Path | None]:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg, out = _run_config(args)
     if args.dry_run:
-        from crossbar_ctl.dryrun import dry_run, format_dry_run
+        from crossbar_ctl.dryrun import dry_run, format_dry_run, parse_op_times
 
-        report = dry_run(cfg, _op_times(args.op_time))
+        report = dry_run(cfg, parse_op_times(args.op_time))
         print(json.dumps(report.as_dict(), indent=2) if args.json else format_dry_run(report))
         return 0 if report.ok else 2
     from crossbar_ctl.safety import stop_signals_raise
@@ -74,17 +74,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     print(f"final test accuracy {res['final_test_accuracy']:.4f}; results in {out / 'results.json'}")
     return 0
-
-
-def _op_times(items: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in items:
-        kind, _, value = item.partition("=")
-        try:
-            out[kind.strip()] = float(value)
-        except ValueError:
-            raise CrossbarError(f"--op-time {item!r}: expected KIND=SECONDS, e.g. read_vmm=5e-4") from None
-    return out
 
 
 def cmd_log_show(args: argparse.Namespace) -> int:

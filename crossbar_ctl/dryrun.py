@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from crossbar_ctl.config import RunConfig
+from crossbar_ctl.errors import ConfigError
 
 #: Seconds per operation when the backend gives none (a LAN tester: round trip + settling + conversion).
 DEFAULT_OP_TIME_S: dict[str, float] = {
@@ -288,3 +289,15 @@ def format_dry_run(d: DryRun) -> str:
     lines.append("dry run OK: nothing was sent to the array" if d.ok else
                  f"dry run FAILED with {len(d.errors)} error(s): nothing was sent to the array")
     return "\n".join(lines)
+
+
+def parse_op_times(items: list[str]) -> dict[str, float]:
+    """``--op-time KIND=SECONDS`` options as a dict (an unparsable item raises ConfigError naming it)."""
+    out: dict[str, float] = {}
+    for item in items:
+        kind, _, value = item.partition("=")
+        try:
+            out[kind.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--op-time {item!r}: expected KIND=SECONDS, e.g. read_vmm=5e-4") from None
+    return out

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from crossbar_ctl.config import apply_override, load_config
+from crossbar_ctl.dryrun import parse_op_times
 from crossbar_ctl.errors import ConfigError
 
 _SECTIONS_HELP = "backend, array, device, read, pulse, limits, training, logging, seed"
@@ -79,7 +80,7 @@ def cmd_protocol_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     proto = make_protocol(args.name, params)
     if args.dry_run:
-        report = dry_run(proto, cfg, args.cells, _op_times(args.op_time))
+        report = dry_run(proto, cfg, args.cells, parse_op_times(args.op_time))
         if args.json:
             print(json.dumps(report, indent=2, default=str))
         else:
@@ -122,17 +123,6 @@ def cmd_protocol_fit(args: argparse.Namespace) -> int:
         for n in report.notes:
             print(f"  note: {n}")
     return 0
-
-
-def _op_times(items: list[str]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for item in items:
-        kind, _, value = item.partition("=")
-        try:
-            out[kind.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--op-time {item!r}: expected KIND=SECONDS, e.g. read_cell=5e-4") from None
-    return out
 
 
 def add_protocol_parser(subparsers: Any) -> argparse.ArgumentParser:
