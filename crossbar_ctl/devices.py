@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -87,12 +88,10 @@ class _DeviceBase(BaseModel):
             out.append(abs(target) if rate == 0.0 else abs(rate * (target - g_S)))
         return out[0], out[1]
 
-    def pulses_between(self, g_from_S: "np.ndarray", g_to_S: "np.ndarray") -> "np.ndarray":
+    def pulses_between(self, g_from_S: np.ndarray | float, g_to_S: np.ndarray | float) -> np.ndarray:
         """Nominal pulses (signed, fractional) that take a device from ``g_from_S`` to ``g_to_S``:
         n = ln((G* − G_from)/(G* − G_to)) / (−ln(1 − rate)) on a saturating map, (G_to − G_from)/ΔG on a linear one.
         Targets beyond a map's reach give the pulses to its bound (for planning writes on the host)."""
-        import numpy as np
-
         g0 = np.asarray(g_from_S, dtype=np.float64)
         g1 = np.clip(np.asarray(g_to_S, dtype=np.float64), self.g_min_S, self.g_max_S)
         out = np.zeros(np.broadcast(g0, g1).shape)
