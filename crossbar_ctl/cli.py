@@ -64,7 +64,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with stop_signals_raise():
             trainer = Trainer(cfg, out, progress=not args.quiet)
-            print(f"training {cfg.training.method} ({cfg.training.mode}, rank {cfg.training.rank}) on "
+            t = cfg.training
+            how = f" ({t.mode}, rank {t.rank})" if t.method in ("svd", "streaming-pca", "nmf") else ""
+            print(f"training {t.method}{how} on "
                   f"{cfg.backend.kind} with device {cfg.device.preset or cfg.device.model}; run directory {out}",
                   flush=True)
             res = trainer.run(resume=args.resume is not None)
