@@ -295,6 +295,8 @@ class Controller:
         q[: lay.n_out] = b * (s / bmax)
         v = self.config.pulse.v_set_V if polarity > 0 else abs(self.config.pulse.v_reset_V)
         expected = self.slots * np.outer(p[: lay.n_in], q[: lay.n_out])
+        if self.outer_mode == "nearest":  # deterministic counts: what the device really gets
+            expected = np.floor(expected + 0.5)
         total = float(expected.sum())
         self._check_pulses(self.slots, total, v, f"rank-seq phase on tile {lay.tile}")
         for _ in range(n_phases):

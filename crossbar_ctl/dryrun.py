@@ -237,9 +237,6 @@ def dry_run(cfg: RunConfig, op_time_s: dict[str, float] | None = None) -> DryRun
     counts = count_ops(cfg, sizes, n_train, n_test)
     out.info["operations"] = counts
     out.info["duration"] = estimate_duration(cfg, counts, op_time_s)
-    if t.mode == "rank-seq" and t.method != "mbgd" and not t.stochastic_rounding:
-        out.warnings.append("rank-seq with stochastic_rounding = false sends outer_pulse mode 'nearest', which the "
-                            "simulator and the tester do not offer (they list stochastic, expected)")
     return out
 
 

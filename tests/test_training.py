@@ -101,8 +101,10 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert res["device_pulses"] == full["device_pulses"]
 
 
-def test_no_stochastic_rounding_shows_vanishing_updates() -> None:
-    on = Trainer(small("training.stochastic_rounding=true", "device.sigma_c2c=0"), None, progress=False).run()
-    off = Trainer(small("training.stochastic_rounding=false", "device.sigma_c2c=0"), None, progress=False).run()
+@pytest.mark.parametrize("method, mode", [("mbgd", "rank-sum"), ("streaming-pca", "rank-seq")])
+def test_no_stochastic_rounding_shows_vanishing_updates(method: str, mode: str) -> None:
+    kw = (f'training.method="{method}"', f'training.mode="{mode}"', "device.sigma_c2c=0")
+    on = Trainer(small("training.stochastic_rounding=true", *kw), None, progress=False).run()
+    off = Trainer(small("training.stochastic_rounding=false", *kw), None, progress=False).run()
     assert off["device_pulses"] < 0.5 * on["device_pulses"]
     assert on["final_test_accuracy"] > off["final_test_accuracy"] + 0.05
