@@ -179,6 +179,7 @@ class Backend(abc.ABC):
         if slots > self.limits.max_pulses_per_device:
             raise LimitError("max_pulses_per_device", slots, self.limits.max_pulses_per_device, "outer_pulse slots")
         v, w = self._pulse_shape(polarity, v_pulse_V, width_s)
+        self._check_energy(slots * float(p.sum()) * float(q.sum()), v, w, "outer_pulse")
         self._outer_pulse(tile, p, q, polarity, slots, mode, v, w)
         self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
                    v_pulse_V=v, width_s=w)
@@ -208,6 +209,7 @@ class Backend(abc.ABC):
         vs, w = self._pulse_shape(1, v_set_V, width_s)
         vr, _ = self._pulse_shape(-1, v_reset_V, width_s)
         counts = np.ascontiguousarray(arr, dtype=np.int32)
+        self._check_energy(float(np.abs(counts).sum()), max(vs, -vr), w, "program")
         self._program(tile, counts, vs, vr, w)
         self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
 
@@ -223,6 +225,7 @@ class Backend(abc.ABC):
         v = float(v_pulse_V)
         self._check_amplitude(v, "v_pulse_V")
         w = self._check_width(width_s)
+        self._check_energy(float(count), v, w, "pulse_cell")
         self._pulse_cell(tile, row, col, v, w, count)
         self._emit("pulse_cell", tile, row=row, col=col, v_pulse_V=v, width_s=w, count=count)
 
@@ -336,6 +339,13 @@ class Backend(abc.ABC):
             raise ValueError(f"{name} must be finite, got {v!r}")
         if abs(v) > self.limits.max_voltage_V:
             raise LimitError("max_voltage_V", abs(v), self.limits.max_voltage_V, name)
+
+    def _check_energy(self, pulses: float, v: float, width_s: float, what: str) -> None:
+        """Refuse an operation whose worst-case energy Σ n·V²·Gmax·t exceeds ``max_energy_per_op_J``
+        (``pulses`` is the expected total count: Σ slots·p_i·q_j for an outer pulse)."""
+        energy = pulses * v * v * self.config.device.g_max_S * width_s
+        if energy > self.limits.max_energy_per_op_J:
+            raise LimitError("max_energy_per_op_J", energy, self.limits.max_energy_per_op_J, what)
 
     def _check_width(self, width_s: float) -> float:
         w = float(width_s)

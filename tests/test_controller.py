@@ -152,3 +152,21 @@ def test_counts_track_pulses_and_ops() -> None:
     ctl.apply_update(0, DenseUpdate(g), lay.dw, "rank-sum")
     s = ctl.counts.summary()
     assert s["device_pulses"] == 3 and s["max_pulses_per_device"] == 3 and s["row_programs"] == 1
+
+
+def test_backend_boundary_refuses_energy_over_limit_before_sending() -> None:
+    cfg = load_config(None, ["array.rows=[9, 5]", "array.cols=[8, 6]", 'device.preset="ideal"',
+                             "limits.max_energy_per_op_J=1e-15"])
+    be = RecordingBackend(cfg)
+    g, v, t = cfg.device.g_max_S, cfg.pulse.v_set_V, cfg.pulse.width_s
+    per_pulse = v * v * g * t  # 1.5e-13 J at 2 V, 38 nS, 1 us: over the 1e-15 J limit
+    with pytest.raises(LimitError, match="max_energy_per_op_J") as info:
+        be.pulse_cell(0, 1, 1, v, t, 1)
+    assert info.value.value == pytest.approx(per_pulse, rel=1e-12, abs=0)
+    with pytest.raises(LimitError, match="max_energy_per_op_J"):
+        be.outer_pulse(0, np.full(9, 0.1), np.full(8, 0.1), 1, 4)
+    n = np.zeros((9, 8), dtype=np.int32)
+    n[0, 0] = 1
+    with pytest.raises(LimitError, match="max_energy_per_op_J"):
+        be.program(0, n)
+    assert be.calls == []  # nothing reached the array
