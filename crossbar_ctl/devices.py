@@ -32,6 +32,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+RHO_MAX = 40.0  # a per-pulse rate r >= 1 (possible only with a large shape spread) jumps to the target
+
+PulseMap = tuple[Any, Any, bool]  # (a, rho, linear); see _DeviceBase.pulse_maps
+
+
+def rate_to_rho(r: Any) -> np.ndarray:
+    """ρ = −ln(1 − r) for a fraction r of the distance to the target per pulse, capped at :data:`RHO_MAX`."""
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = -np.log1p(-np.minimum(r, 1.0))
+    return np.minimum(np.where(r < 1.0, rho, RHO_MAX), RHO_MAX)
+
+
 class _DeviceBase(BaseModel):
     """Parameters shared by every model (SI units)."""
 
@@ -76,10 +89,19 @@ class _DeviceBase(BaseModel):
         """Number of nominal pulses that sweep the full window up and down."""
         raise NotImplementedError
 
-    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """The nominal (spread-free) pulse map per polarity, ``((target_S, rate), (target_S, rate))`` for up
-        and down: one pulse moves G by rate·(target − G); a linear polarity is ``(±ΔG, 0.0)``."""
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        """The affine pulse map per polarity (up, down) of devices with windows [g_min_S, g_max_S] and curve-shape
+        factor ``shape`` (the d2d spread of A or of the step; scalars or broadcasting arrays), as
+        ``(a, rho, linear)``: saturating, one pulse gives G_n = a − (a − G)·e^(−n·ρ) with target a (S) and rate ρ
+        per nominal pulse; linear (``linear`` True), a is the signed ΔG per pulse and ρ is 0."""
         raise NotImplementedError
+
+    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The nominal (spread-free) map per polarity as ``(target_S, rate)``: one pulse moves G by
+        rate·(target − G), rate = 1 − e^(−ρ); a linear polarity is ``(±ΔG, 0.0)``."""
+        up, down = ((float(a), 0.0) if linear else (float(a), float(-np.expm1(-rho)))
+                    for a, rho, linear in self.pulse_maps(self.g_min_S, self.g_max_S, 1.0))
+        return up, down
 
     def step_S(self, g_S: float) -> tuple[float, float]:
         """|ΔG| of one nominal pulse up and down at conductance ``g_S``."""
@@ -133,9 +155,9 @@ class IdealDevice(_DeviceBase):
     def levels_up_down(self) -> tuple[float, float]:
         return float(self.levels), float(self.levels)
 
-    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        step = self.g_range_S / self.levels
-        return (step, 0.0), (-step, 0.0)
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        step = shape * (g_max_S - g_min_S) / self.levels
+        return (step, 0.0, True), (-step, 0.0, True)
 
 
 class NeuroSimExpDevice(_DeviceBase):
@@ -156,12 +178,11 @@ class NeuroSimExpDevice(_DeviceBase):
     def levels_up_down(self) -> tuple[float, float]:
         return float(self.pmax_ltp), float(self.pmax_ltd)
 
-    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        r = self.g_range_S
-        b_p = r / (1 - math.exp(-self.pmax_ltp / self.a_ltp))
-        b_d = r / (1 - math.exp(-self.pmax_ltd / self.a_ltd))
-        return ((self.g_min_S + b_p, 1 - math.exp(-1 / self.a_ltp)),
-                (self.g_max_S - b_d, 1 - math.exp(-1 / self.a_ltd)))
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        a_p, a_d = shape * self.a_ltp, shape * self.a_ltd
+        b_p = (g_max_S - g_min_S) / -np.expm1(-self.pmax_ltp / a_p)
+        b_d = (g_max_S - g_min_S) / -np.expm1(-self.pmax_ltd / a_d)
+        return (g_min_S + b_p, 1.0 / a_p, False), (g_max_S - b_d, 1.0 / a_d, False)
 
 
 class SoftBoundsDevice(_DeviceBase):
@@ -178,9 +199,9 @@ class SoftBoundsDevice(_DeviceBase):
     def levels_up_down(self) -> tuple[float, float]:
         return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
 
-    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        return ((self.g_max_S, (1 + self.up_down) / self.levels),
-                (self.g_min_S, (1 - self.up_down) / self.levels))
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        return ((g_max_S, rate_to_rho(shape * (1.0 + self.up_down) / self.levels), False),
+                (g_min_S, rate_to_rho(shape * (1.0 - self.up_down) / self.levels), False))
 
 
 class LinearStepDevice(_DeviceBase):
@@ -199,14 +220,19 @@ class LinearStepDevice(_DeviceBase):
     def levels_up_down(self) -> tuple[float, float]:
         return self.levels / (1 + self.up_down), self.levels / (1 - self.up_down)
 
-    def nominal_maps(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        r = self.g_range_S
-        d_up = r * (1 + self.up_down) / self.levels
-        d_dn = r * (1 - self.up_down) / self.levels
-        up = (d_up, 0.0) if self.gamma_up == 0 else (self.g_min_S + r / self.gamma_up, d_up * self.gamma_up / r)
-        dn = (-d_dn, 0.0) if self.gamma_down == 0 else (self.g_max_S - r / self.gamma_down,
-                                                         d_dn * self.gamma_down / r)
-        return up, dn
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        r = g_max_S - g_min_S
+        d_up = shape * r * (1.0 + self.up_down) / self.levels
+        d_dn = shape * r * (1.0 - self.up_down) / self.levels
+        if self.gamma_up == 0.0:
+            up: PulseMap = (d_up, 0.0, True)
+        else:
+            up = (g_min_S + r / self.gamma_up, rate_to_rho(d_up * self.gamma_up / r), False)
+        if self.gamma_down == 0.0:
+            down: PulseMap = (-d_dn, 0.0, True)
+        else:
+            down = (g_max_S - r / self.gamma_down, rate_to_rho(d_dn * self.gamma_down / r), False)
+        return up, down
 
 
 DeviceConfig = Annotated[

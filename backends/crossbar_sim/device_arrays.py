@@ -11,18 +11,9 @@ Every model of :mod:`crossbar_ctl.devices` is an affine pulse map per polarity. 
 float64 block ``par`` of shape (6, rows, cols) (planes :data:`P_GMIN` … :data:`P_B_DOWN`) that the kernels
 take as is; the named attributes are views into it.
 
-Model → map (R = Gmax − Gmin of the device, f = d2d shape factor):
-
-* ideal:        linear, ΔG_up = +f·R/levels, ΔG_down = −f·R/levels
-* neurosim-exp: A_p' = f·A_p, B_p = R/(1 − e^(−Pmax_p/A_p')), G*_up = Gmin + B_p, ρ_up = 1/A_p';
-                A_d' = f·A_d, B_d = R/(1 − e^(−Pmax_d/A_d')), G*_down = Gmax − B_d, ρ_down = 1/A_d'
-                (from Gmin, exactly Pmax_p noise-free pulses land on Gmax; the curve shape follows A')
-* soft-bounds:  r_up = f(1 + up_down)/levels → G*_up = Gmax;  r_down = f(1 − up_down)/levels → G*_down = Gmin;
-                ρ = −ln(1 − r)
-* linear-step:  dG_up = f·R(1 + up_down)/levels, dG_down = f·R(1 − up_down)/levels;
-                γ_up = 0: linear ΔG_up = dG_up; else r_up = dG_up·γ_up/R, G*_up = Gmin + R/γ_up;
-                γ_down = 0: linear ΔG_down = −dG_down; else r_down = dG_down·γ_down/R, G*_down = Gmax − R/γ_down.
-  A rate r ≥ 1 (possible only with a large shape spread) is capped at ρ = :data:`RHO_MAX` (a jump to G*).
+Each device's map is ``device.pulse_maps(Gmin', Gmax', f)`` of :mod:`crossbar_ctl.devices` (where every model's
+equations are), evaluated on the per-device windows and the d2d shape factor f; a rate r ≥ 1 (possible only with
+a large shape spread) is capped at ρ = ``RHO_MAX`` (a jump to G*).
 
 Device-to-device spread, drawn once per tile in this order (each only if its σ is nonzero): z for Gmin, z' for
 Gmax, z'' for the shape, all N(0, 1) of shape (rows, cols); Gmin' = Gmin(1 + σ_gmin·z), Gmax' = Gmax(1 + σ_gmax·z'),
@@ -43,19 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crossbar_ctl.devices import (
-    IdealDevice,
-    LinearStepDevice,
-    NeuroSimExpDevice,
-    SoftBoundsDevice,
-    _DeviceBase,
-)
+from crossbar_ctl.devices import _DeviceBase
 
 P_GMIN, P_GMAX, P_A_UP, P_B_UP, P_A_DOWN, P_B_DOWN = range(6)
 N_PLANES = 6
 MIN_FACTOR = 0.05
 MIN_WINDOW = 0.01
-RHO_MAX = 40.0
 
 STUCK_NONE, STUCK_MIN, STUCK_MAX = 0, 1, 2
 
@@ -134,15 +118,6 @@ def _factor(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> n
     return np.maximum(f, MIN_FACTOR)
 
 
-def _rho(r: np.ndarray) -> np.ndarray:
-    """ρ = −ln(1 − r) for a per-pulse rate r, capped at RHO_MAX (r ≥ 1 jumps to the target)."""
-    r = np.asarray(r, dtype=np.float64)
-    out = np.full(r.shape, RHO_MAX)
-    ok = r < 1.0
-    out[ok] = np.minimum(-np.log1p(-r[ok]), RHO_MAX)
-    return out
-
-
 def make_device_arrays(device: _DeviceBase, shape: tuple[int, int], rng: np.random.Generator) -> DeviceArrays:
     """Draw the d2d spread and stuck devices of one tile from ``rng`` and derive every device's pulse map."""
     rows, cols = int(shape[0]), int(shape[1])
@@ -161,41 +136,13 @@ def make_device_arrays(device: _DeviceBase, shape: tuple[int, int], rng: np.rand
                 g[bad] = nominal * np.maximum(1.0 + sigma * rng.standard_normal(nbad), MIN_FACTOR)
     gmax = np.maximum(gmax, gmin + w_min)
     f = _factor(rng, shp, device.sigma_d2d_shape)
-    R = gmax - gmin
 
     par = np.zeros((N_PLANES, rows, cols))
     par[P_GMIN] = gmin
     par[P_GMAX] = gmax
-    lin_up = lin_down = False
-    if isinstance(device, IdealDevice):
-        lin_up = lin_down = True
-        par[P_A_UP] = f * R / device.levels
-        par[P_A_DOWN] = -f * R / device.levels
-    elif isinstance(device, NeuroSimExpDevice):
-        a_p = f * device.a_ltp
-        a_d = f * device.a_ltd
-        b_p = R / -np.expm1(-device.pmax_ltp / a_p)
-        b_d = R / -np.expm1(-device.pmax_ltd / a_d)
-        par[P_A_UP], par[P_B_UP] = gmin + b_p, 1.0 / a_p
-        par[P_A_DOWN], par[P_B_DOWN] = gmax - b_d, 1.0 / a_d
-    elif isinstance(device, SoftBoundsDevice):
-        par[P_A_UP], par[P_B_UP] = gmax, _rho(f * (1.0 + device.up_down) / device.levels)
-        par[P_A_DOWN], par[P_B_DOWN] = gmin, _rho(f * (1.0 - device.up_down) / device.levels)
-    elif isinstance(device, LinearStepDevice):
-        dg_up = f * R * (1.0 + device.up_down) / device.levels
-        dg_down = f * R * (1.0 - device.up_down) / device.levels
-        if device.gamma_up == 0.0:
-            lin_up = True
-            par[P_A_UP] = dg_up
-        else:
-            par[P_A_UP], par[P_B_UP] = gmin + R / device.gamma_up, _rho(dg_up * device.gamma_up / R)
-        if device.gamma_down == 0.0:
-            lin_down = True
-            par[P_A_DOWN] = -dg_down
-        else:
-            par[P_A_DOWN], par[P_B_DOWN] = gmax - R / device.gamma_down, _rho(dg_down * device.gamma_down / R)
-    else:  # pragma: no cover - a new model must say how it maps
-        raise TypeError(f"no pulse map for device model {type(device).__name__}")
+    (a_up, b_up, lin_up), (a_down, b_down, lin_down) = device.pulse_maps(gmin, gmax, f)
+    par[P_A_UP], par[P_B_UP] = a_up, b_up
+    par[P_A_DOWN], par[P_B_DOWN] = a_down, b_down
 
     stuck = np.zeros(shp, dtype=np.int8)
     f_lo, f_hi = device.stuck_at_min_fraction, device.stuck_at_max_fraction
