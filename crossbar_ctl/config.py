@@ -208,20 +208,25 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> RunConfig:
         raise ConfigError(f"{source}: [device]: {err}") from None
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file; a missing, non-UTF-8 or malformed file raises ConfigError naming it (``what``: its kind)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such {what}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p}: not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{p}: not UTF-8 text: {err}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a TOML run file (``None``: the defaults) and apply ``key.path=value`` overrides."""
     source = str(path) if path is not None else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: no such config file")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{source}: not valid TOML: {err}") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{source}: not UTF-8 text: {err}") from None
+        data = read_toml(path, "config file")
     for item in overrides or []:
         apply_override(data, item, source="--set")
     return config_from_dict(data, source)

@@ -30,7 +30,6 @@ import copy
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -38,13 +37,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from crossbar_ctl.config import RunConfig, config_from_dict
+from crossbar_ctl.config import RunConfig, config_from_dict, read_toml
 from crossbar_ctl.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 Scalar = int | float | str | bool
 Value = Scalar | list[Any]
@@ -128,10 +122,7 @@ class SweepSpec(BaseModel):
             path = Path(self.source).parent / self.base_file
             if not path.is_file():
                 raise ConfigError(f"{self.source}: base_file: no such run file {str(path)!r}")
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except tomllib.TOMLDecodeError as err:
-                raise ConfigError(f"{path}: not valid TOML: {err}") from None
+            data = read_toml(path, "run file")
         _merge(data, copy.deepcopy(self.base))
         return data
 
@@ -182,12 +173,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; every error names the file and the key."""
     p = Path(path)
     source = str(p)
-    if not p.is_file():
-        raise ConfigError(f"{source}: no such sweep file")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    data = read_toml(p, "sweep file")
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
