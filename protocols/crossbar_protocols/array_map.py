@@ -56,9 +56,7 @@ class ArrayMap(Protocol):
         if p.v_read_V is not None:
             yield "max_voltage_V", abs(p.v_read_V), "v_read_V"
         if p.pulse_response:
-            yield "max_voltage_V", p.v_set_V, "v_set_V"
-            yield "max_voltage_V", abs(p.v_reset_V), "v_reset_V"
-            yield "max_pulse_width_s", p.width_s, "width_s"
+            yield from self.pulse_limit_items(p.v_set_V, p.v_reset_V, None, p.width_s)
             yield "max_pulses_per_device", min(p.pulses_per_step, max(p.pulses_set, p.pulses_reset)), \
                 "pulses_per_step"
 

@@ -181,6 +181,16 @@ class Protocol(abc.ABC):
         """Every (``[limits]`` key, value, what) the protocol will use: |V| of every pulse and read, widths,
         pulses per device per operation, compliance. Values are compared with ``value <= limit``."""
 
+    @staticmethod
+    def pulse_limit_items(v_set_V: float, v_reset_V: float, v_read_V: float | None,
+                          width_s: float) -> Iterable[tuple[str, float, str]]:
+        """The limit items of a protocol's set and reset pulses and its read voltage (for :meth:`limit_items`)."""
+        yield "max_voltage_V", v_set_V, "v_set_V"
+        yield "max_voltage_V", abs(v_reset_V), "v_reset_V"
+        if v_read_V is not None:
+            yield "max_voltage_V", abs(v_read_V), "v_read_V"
+        yield "max_pulse_width_s", width_s, "width_s"
+
     @abc.abstractmethod
     def plan(self, cells: np.ndarray) -> Plan:
         """Operations, pulses and reads the protocol sends for ``cells`` (at most: early stops send fewer)."""

@@ -48,11 +48,7 @@ class Endurance(Protocol):
 
     def limit_items(self) -> Iterable[tuple[str, float, str]]:
         p = self.params
-        yield "max_voltage_V", p.v_set_V, "v_set_V"
-        yield "max_voltage_V", abs(p.v_reset_V), "v_reset_V"
-        if p.v_read_V is not None:
-            yield "max_voltage_V", abs(p.v_read_V), "v_read_V"
-        yield "max_pulse_width_s", p.width_s, "width_s"
+        yield from self.pulse_limit_items(p.v_set_V, p.v_reset_V, p.v_read_V, p.width_s)
         yield "max_pulses_per_device", min(p.pulses_per_step, max(p.pulses_set, p.pulses_reset)), \
             "pulses_per_step"
 
