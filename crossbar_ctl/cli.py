@@ -113,6 +113,12 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from crossbar_instruments.emulator import main as emulate
 
     cfg = load_config(args.config, args.set)
+    if args.rig == "smu-matrix":
+        from crossbar_instruments.smu_rig import serve_rig
+
+        if args.transport != "tcp":
+            raise CrossbarError("the smu-matrix rig is served over TCP only (--transport tcp)")
+        return serve_rig(cfg, host=args.host, smu_port=args.port, matrix_port=args.matrix_port)
     return emulate(cfg, args.transport, host=args.host, port=args.port, link=args.link)
 
 
@@ -181,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_emu.add_argument("--host", default="127.0.0.1", help="address to listen on (tcp; default loopback)")
     p_emu.add_argument("--port", type=int, default=5025, help="TCP port (0: any free port, printed)")
     p_emu.add_argument("--link", help="pty: also make this symlink to the pty (stable across reconnects)")
+    p_emu.add_argument("--rig", choices=["tester", "smu-matrix"], default="tester",
+                       help="tester: the array tester of hil/PROTOCOL.md; smu-matrix: a 2600B SMU and a 707B matrix "
+                            "wired as [smu_matrix] says, on two TCP ports (--port and --matrix-port; prints both)")
+    p_emu.add_argument("--matrix-port", type=int, default=0, help="smu-matrix: TCP port of the matrix (0: any)")
     p_emu.set_defaults(func=cmd_emulate)
 
     from crossbar_protocols.cli import add_protocol_parser

@@ -7,13 +7,14 @@ and what was expected. Units are SI; a key's name carries its unit where it is n
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crossbar_ctl.devices import DeviceConfig, expand_preset
+from crossbar_ctl.devices import DEVICE_MODELS, DeviceConfig, expand_preset
 from crossbar_ctl.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -127,6 +128,80 @@ class LoggingSection(_Section):
     )
 
 
+_PIN = re.compile(r"^([1-6]):(\d{2})(?:-\1:(\d{2}))?$")
+MATRIX_ROWS = "ABCDEFGH"
+MATRIX_COLUMNS = 12
+
+
+def expand_pins(spec: list[str], where: str) -> list[tuple[int, int]]:
+    """Matrix pins as (slot, column): ``"1:03"`` is slot 1 column 3; ``"1:01-1:08"`` the eight columns 1-8 of
+    slot 1 in order (a range stays within one slot)."""
+    out: list[tuple[int, int]] = []
+    for item in spec:
+        m = _PIN.match(item.strip())
+        if m is None:
+            raise ValueError(f"{where}: pin {item!r} is not 'slot:column' (e.g. '1:03') or a range '1:01-1:08'")
+        slot, first = int(m.group(1)), int(m.group(2))
+        last = int(m.group(3)) if m.group(3) else first
+        if not (1 <= first <= last <= MATRIX_COLUMNS):
+            raise ValueError(f"{where}: pin {item!r}: columns must be 1..{MATRIX_COLUMNS}, ascending")
+        out.extend((slot, c) for c in range(first, last + 1))
+    return out
+
+
+class SmuMatrixSection(_Section):
+    """The rig of backend kind ``smu-matrix``: a Keithley 2600B SMU (``[backend].address``) whose two channels reach
+    the array's lines through a 707B/708B switch matrix. The matrix's rows are wired to the instruments (the drive
+    SMU's HI, the sense SMU's HI, and optionally ground); its columns (``slot:column`` pins) to the array's lines."""
+
+    matrix_address: str = Field("", description="VISA resource of the switch matrix (707B/708B)")
+    drive_smu: Literal["smua", "smub"] = Field("smua", description="SMU channel that drives the selected row")
+    sense_smu: Literal["smua", "smub"] = Field("smub", description="SMU channel that holds the selected column and measures")
+    drive_row: str = Field("A", description="matrix row wired to the drive SMU's HI")
+    sense_row: str = Field("B", description="matrix row wired to the sense SMU's HI")
+    ground_row: str = Field("C", description='matrix row wired to ground ("" if none)')
+    unselected: Literal["half-select", "float"] = Field(
+        "half-select", description="half-select: unselected lines grounded, row at +V/2 and column at -V/2; "
+                                   "float: unselected lines open, row at V and column at 0 V")
+    row_pins: list[list[str]] = Field([], description="per tile, the matrix pin of every array row (slot:column or ranges)")
+    col_pins: list[list[str]] = Field([], description="per tile, the matrix pin of every array column")
+    ramp_step_V: float = Field(0.5, gt=0, description="largest DC level change in one step; larger ones are ramped")
+    ramp_dwell_s: float = Field(1e-3, ge=0, description="wait between ramp steps (s)")
+    nplc: float = Field(1.0, ge=0.001, le=25, description="measurement integration time (power-line cycles)")
+    min_pulse_width_s: float = Field(1e-4, gt=0, description="shortest pulse the SMU's trigger model produces (s)")
+    cell_read_s: float = Field(0.05, gt=0, description="estimated time of one device read, switching included (s)")
+    cell_pulse_s: float = Field(0.05, gt=0, description="estimated time of one device pulse train, switching included (s)")
+
+    @model_validator(mode="after")
+    def _check_wiring(self) -> "SmuMatrixSection":
+        if self.drive_smu == self.sense_smu:
+            raise ValueError("drive_smu and sense_smu must be different SMU channels")
+        rows = [r for r in (self.drive_row, self.sense_row, self.ground_row) if r]
+        for r in rows:
+            if len(r) != 1 or r not in MATRIX_ROWS:
+                raise ValueError(f"matrix rows are one letter A-H, got {r!r}")
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"drive_row, sense_row and ground_row must differ, got {rows}")
+        if self.unselected == "half-select" and not self.ground_row:
+            raise ValueError('unselected = "half-select" grounds unselected lines: it needs a ground_row')
+        if len(self.row_pins) != len(self.col_pins):
+            raise ValueError(f"row_pins lists {len(self.row_pins)} tiles but col_pins {len(self.col_pins)}")
+        seen: dict[tuple[int, int], str] = {}
+        for t, (rp, cp) in enumerate(zip(self.row_pins, self.col_pins)):
+            for key, spec in (("row_pins", rp), ("col_pins", cp)):
+                for i, pin in enumerate(expand_pins(spec, f"{key}[{t}]")):
+                    here = f"{key}[{t}] line {i}"
+                    if pin in seen:
+                        raise ValueError(f"pin {pin[0]}:{pin[1]:02d} is wired twice: {seen[pin]} and {here}")
+                    seen[pin] = here
+        return self
+
+    def pins(self, tile: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """(row pins, column pins) of ``tile`` as (slot, column) pairs."""
+        return (expand_pins(self.row_pins[tile], f"row_pins[{tile}]"),
+                expand_pins(self.col_pins[tile], f"col_pins[{tile}]"))
+
+
 class RunConfig(_Section):
     """A whole run. ``source`` is the file it came from (for messages), not a TOML key."""
 
@@ -139,6 +214,7 @@ class RunConfig(_Section):
     limits: LimitsSection = LimitsSection()
     training: TrainingSection = TrainingSection()
     logging: LoggingSection = LoggingSection()
+    smu_matrix: SmuMatrixSection | None = None
 
     @field_validator("device", mode="before")
     @classmethod
@@ -165,6 +241,26 @@ class RunConfig(_Section):
             raise ValueError(f"read.v_read_V = {self.read.v_read_V:g} V exceeds limits.max_voltage_V")
         return self
 
+    @model_validator(mode="after")
+    def _check_smu_matrix(self) -> "RunConfig":
+        if self.backend.kind != "smu-matrix":
+            return self
+        rig = self.smu_matrix
+        if rig is None:
+            raise ValueError('backend.kind = "smu-matrix" needs an [smu_matrix] section (matrix address, channel map)')
+        shapes = self.array.shapes()
+        if len(rig.row_pins) != len(shapes):
+            raise ValueError(f"smu_matrix.row_pins lists {len(rig.row_pins)} tiles but array.tiles = {len(shapes)}")
+        for t, (rows, cols) in enumerate(shapes):
+            rp, cp = rig.pins(t)
+            if (len(rp), len(cp)) != (rows, cols):
+                raise ValueError(f"smu_matrix pins of tile {t} wire {len(rp)} rows x {len(cp)} columns but the "
+                                 f"array section says {rows} x {cols}")
+        if self.pulse.width_s < rig.min_pulse_width_s:
+            raise ValueError(f"pulse.width_s = {self.pulse.width_s:g} s is shorter than the SMU's shortest pulse "
+                             f"(smu_matrix.min_pulse_width_s = {rig.min_pulse_width_s:g} s)")
+        return self
+
 
 DEFAULT_DEVICE_PRESET = "agsi"
 
@@ -181,7 +277,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = [str(p) for p in e["loc"]]
         # drop the discriminator tag pydantic inserts for tagged unions ([device].neurosim-exp.x -> [device].x)
-        if len(loc) >= 2 and loc[0] == "device" and loc[1] in ("ideal", "neurosim-exp", "soft-bounds", "linear-step"):
+        if len(loc) >= 2 and loc[0] == "device" and loc[1] in DEVICE_MODELS:
             loc = [loc[0]] + loc[2:]
         if len(loc) > 1:
             path = f"[{loc[0]}]." + ".".join(loc[1:])

@@ -24,7 +24,7 @@ from crossbar_ctl.errors import BackendError
 
 #: The ``[backend].address`` that asks for an emulated tester instead of a real one.
 EMULATE = "emulate"
-TRANSPORT_OF_KIND = {"visa": "tcp", "serial": "pty"}
+TRANSPORT_OF_KIND = {"visa": "tcp", "serial": "pty", "smu-matrix": "tcp"}
 
 
 @dataclass
@@ -65,12 +65,14 @@ def emulated_tester(config: RunConfig, transport: str = "tcp", startup_timeout_s
     simulator built from it) in a child process until the ``with`` block ends."""
     if transport not in ("tcp", "pty"):
         raise ValueError(f"transport must be tcp or pty, got {transport!r}")
+    rig = "smu-matrix" if config.backend.kind == "smu-matrix" else "tester"
     data = config_to_dict(config)
     data["backend"] = {**data.get("backend", {}), "kind": "sim", "address": ""}
     with tempfile.TemporaryDirectory(prefix="crossbar-emulate-") as tmp:
         path = Path(tmp) / "tester.toml"
         path.write_text(dump_toml(config_from_dict(data)))
-        args = [sys.executable, "-m", "crossbar_ctl.cli", "emulate", "--config", str(path), "--transport", transport]
+        args = [sys.executable, "-m", "crossbar_ctl.cli", "emulate", "--config", str(path), "--transport", transport,
+                "--rig", rig]
         if transport == "tcp":
             args += ["--host", "127.0.0.1", "--port", "0"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
@@ -105,5 +107,8 @@ def _read_address(proc: subprocess.Popen, timeout_s: float) -> str:
 def with_address(config: RunConfig, kind: str, address: str) -> RunConfig:
     """``config`` with ``[backend].kind`` and ``address`` replaced (the client side of an emulated rig)."""
     data = config_to_dict(config)
+    if kind == "smu-matrix":  # "<SMU resource> <matrix resource>"
+        address, matrix = address.split()
+        data["smu_matrix"] = {**data.get("smu_matrix", {}), "matrix_address": matrix}
     data["backend"] = {**data.get("backend", {}), "kind": kind, "address": address}
     return config_from_dict(data)

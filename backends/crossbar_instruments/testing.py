@@ -14,7 +14,7 @@ failures. On exit every scripted write must have happened and every reply byte b
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 from crossbar_ctl.config import RunConfig
 from crossbar_instruments.driver import TesterBackend
@@ -105,3 +105,18 @@ def expected_protocol(backend_cls: type[B], config: RunConfig,
     backend.transport = transport  # type: ignore[attr-defined]  # for assertions in tests
     yield backend
     transport.check_done()
+
+
+@contextmanager
+def expected_rig_protocol(config: RunConfig, smu_script: Sequence[tuple[bytes, Reply]],
+                          matrix_script: Sequence[tuple[bytes, Reply]]) -> Iterator[Any]:
+    """:func:`expected_protocol` for the ``smu-matrix`` backend: one script per instrument (the SMU's and the
+    matrix's bytes are pinned separately, each in its own order). Yields the backend; ``backend.smu.t`` and
+    ``backend.matrix.t`` are the scripted transports."""
+    from crossbar_instruments.smu_matrix import SmuMatrixBackend
+
+    smu, matrix = ScriptedTransport(smu_script), ScriptedTransport(matrix_script)
+    backend = SmuMatrixBackend(config, smu_transport=lambda: smu, matrix_transport=lambda: matrix)
+    yield backend
+    smu.check_done()
+    matrix.check_done()

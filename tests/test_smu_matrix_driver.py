@@ -1,0 +1,246 @@
+"""The smu-matrix driver against the exact bytes it sends (Keithley 2600B TSP + 707B matrix, hil/PROTOCOL.md).
+
+A 2 x 2 tile wired rows -> pins 1:01-1:02, columns -> 1:03-1:04; matrix row A = drive SMU (smua), B = sense
+SMU (smub), C = ground; unselected lines grounded (half-select) unless a test says otherwise.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossbar_ctl.config import config_from_dict
+from crossbar_ctl.errors import ConfigError, InstrumentError, InstrumentTimeoutError, LimitError, ProtocolError
+from crossbar_instruments.testing import expected_rig_protocol
+
+RIG = {
+    "backend": {"kind": "smu-matrix", "address": "TCPIP::smu::5025::SOCKET"},
+    "array": {"tiles": 1, "rows": 2, "cols": 2},
+    "device": {"preset": "ideal", "width_ref_s": 1e-4},
+    "pulse": {"width_s": 1e-4},
+    "read": {"v_read_V": 0.2},
+    "limits": {"compliance_current_A": 1e-5},
+    "smu_matrix": {"matrix_address": "TCPIP::mx::5025::SOCKET", "row_pins": [["1:01-1:02"]],
+                   "col_pins": [["1:03-1:04"]]},
+}
+OK = b"0.00000e+00\n"
+SMU_OPEN = [
+    (b"*IDN?\n", b"Keithley Instruments Inc., Model 2602B, 4406555, 3.3.5\n"),
+    (b"reset() errorqueue.clear() smua.source.func = smua.OUTPUT_DCVOLTS smua.source.autorangev = smua.AUTORANGE_ON "
+     b"smua.measure.autorangei = smua.AUTORANGE_ON smua.measure.nplc = 1 smua.source.levelv = 0 "
+     b"smua.source.limiti = 1e-05 smub.source.func = smub.OUTPUT_DCVOLTS smub.source.autorangev = "
+     b"smub.AUTORANGE_ON smub.measure.autorangei = smub.AUTORANGE_ON smub.measure.nplc = 1 smub.source.levelv = 0 "
+     b"smub.source.limiti = 1e-05 print(errorqueue.count)\n", OK),
+    (b"smua.trigger.measure.action = smua.DISABLE smua.trigger.source.action = smua.ENABLE "
+     b"smua.trigger.endpulse.action = smua.SOURCE_IDLE smua.trigger.endpulse.stimulus = trigger.timer[1].EVENT_ID "
+     b"trigger.timer[1].count = 1 trigger.timer[1].passthrough = false "
+     b"trigger.timer[1].stimulus = smua.trigger.SOURCE_COMPLETE_EVENT_ID smua.trigger.arm.count = 1 "
+     b"print(errorqueue.count)\n", OK),
+]
+MATRIX_OPEN = [
+    (b"*IDN?\n", b"Keithley Instruments Inc., Model 707B, 1234567, 1.4.1\n"),
+    (b"reset() errorqueue.clear() channel.connectrule = channel.BREAK_BEFORE_MAKE print(errorqueue.count)\n", OK),
+]
+OUTPUTS_ON = (b"smua.source.levelv = 0 smua.source.limiti = 1e-05 smua.source.output = smua.OUTPUT_ON "
+              b"smub.source.levelv = 0 smub.source.limiti = 1e-05 smub.source.output = smub.OUTPUT_ON "
+              b"print(errorqueue.count)\n", OK)
+SMU_SAFE = [(b"smua.source.levelv = 0 smua.source.output = smua.OUTPUT_OFF smub.source.levelv = 0 "
+             b"smub.source.output = smub.OUTPUT_OFF print(errorqueue.count)\n", OK)]
+MATRIX_SAFE = [(b'channel.open("allslots") print(errorqueue.count)\n', OK)]
+
+
+def route(chans: str) -> tuple[bytes, bytes]:
+    return (f'channel.exclusiveclose("{chans}") print(errorqueue.count)\n'.encode(), OK)
+
+
+def read(v: str, reply: bytes) -> tuple[bytes, bytes]:
+    return (f"smua.source.levelv = {v} xb_i = smub.measure.i() xb_k = smua.source.compliance or "
+            f"smub.source.compliance smua.source.levelv = 0 print(xb_i, xb_k, errorqueue.count)\n".encode(), reply)
+
+
+def train(v: str, n: int, width: str = "0.0001") -> tuple[bytes, bytes]:
+    return (f"smua.trigger.source.linearv({v}, {v}, {n}) smua.trigger.source.limiti = 1e-05 "
+            f"trigger.timer[1].delay = {width} smua.trigger.count = {n} smua.trigger.initiate() waitcomplete() "
+            f"print(errorqueue.count)\n".encode(), OK)
+
+
+def cfg(**rig: object):
+    data = {**RIG, "smu_matrix": {**RIG["smu_matrix"], **rig}}
+    return config_from_dict(data)
+
+
+def test_opening_and_closing_send_exactly_the_setup_and_the_safe_state() -> None:
+    with expected_rig_protocol(cfg(), SMU_OPEN + SMU_SAFE, MATRIX_OPEN + MATRIX_SAFE) as b:
+        assert b.describe()["idn"].startswith("Keithley Instruments Inc., Model 2602B")
+        assert b.capabilities.slow and not b.capabilities.native_vmm
+        b.close()
+
+
+def test_read_cell_routes_grounds_the_rest_and_returns_minus_the_sense_current() -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON, read("0.2", b"-1.23450e-09\tfalse\t0.00000e+00\n")] + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A02,1B03,1C01,1C04")] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        assert b.read_cell(0, 1, 0) == pytest.approx(1.2345e-9, rel=1e-12)
+        b.close()
+
+
+def test_float_mode_leaves_unselected_lines_open_and_pulses_the_full_voltage() -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON, train("2", 3)] + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B04")] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(unselected="float", ground_row=""), smu, mx) as b:
+        b.pulse_cell(0, 0, 1, 2.0, 1e-4, 3)
+        b.close()
+
+
+def test_half_select_pulse_ramps_the_column_to_minus_half_and_pulses_the_row_to_plus_half() -> None:
+    ramp_down = (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK)
+    ramp_up = (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK)
+    smu = SMU_OPEN + [OUTPUTS_ON, ramp_down, train("1", 4), ramp_up,
+                      read("0.2", b"-2.00000e-09\tfalse\t0.00000e+00\n")] + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        b.pulse_cell(0, 0, 0, 2.0, 1e-4, 4)
+        assert b.read_cell(0, 0, 0) == pytest.approx(2e-9)  # same cell: no re-routing, outputs stay on
+        b.close()
+
+
+def test_program_pulses_each_nonzero_device_in_row_major_order_with_its_polarity() -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON,
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      train("1", 2),
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      (b"smub.source.levelv = 0.5 delay(0.001) smub.source.levelv = 1 print(errorqueue.count)\n", OK),
+                      train("-1", 5),
+                      (b"smub.source.levelv = 0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      ] + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B04,1C02,1C03"), route("1A02,1B03,1C01,1C04")] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        b.program(0, np.array([[0, 2], [-5, 0]], dtype=np.int32))
+        b.close()
+
+
+def test_read_conductance_and_read_vmm_compose_device_reads() -> None:
+    currents = [b"-2.00000e-09", b"-4.00000e-09", b"-6.00000e-09", b"-8.00000e-09"]
+    routes = ["1A01,1B03,1C02,1C04", "1A01,1B04,1C02,1C03", "1A02,1B03,1C01,1C04", "1A02,1B04,1C01,1C03"]
+    smu = SMU_OPEN + [OUTPUTS_ON] + [read("0.2", i + b"\tfalse\t0.00000e+00\n") for i in currents * 2] + SMU_SAFE
+    mx = MATRIX_OPEN + [route(r) for r in routes * 2] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        g = b.read_conductance(0)
+        np.testing.assert_allclose(g, [[1e-8, 2e-8], [3e-8, 4e-8]], rtol=1e-12)
+        i = b.read_vmm(0, np.array([0.1, -0.2]))
+        np.testing.assert_allclose(i, np.array([0.1, -0.2]) @ g, rtol=1e-6)
+        b.close()
+
+
+def test_outer_pulse_nearest_mode_programs_the_rounded_coincidence_counts() -> None:
+    # slots 4, p = (1, 0.5), q = (0.5, 0): counts round(4 * p_i q_j) = [[2, 0], [1, 0]], polarity +1
+    smu = SMU_OPEN + [OUTPUTS_ON,
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      train("1", 2),
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      train("1", 1),
+                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      ] + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04"), route("1A02,1B03,1C01,1C04")] + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        b.outer_pulse(0, np.array([1.0, 0.5]), np.array([0.5, 0.0]), 1, 4, mode="nearest")
+        b.close()
+
+
+def test_limits_and_rig_bounds_are_refused_before_anything_is_sent() -> None:
+    with expected_rig_protocol(cfg(), SMU_OPEN + SMU_SAFE, MATRIX_OPEN + MATRIX_SAFE) as b:
+        with pytest.raises(LimitError, match="max_voltage_V"):
+            b.pulse_cell(0, 0, 0, 3.5, 1e-4, 1)
+        with pytest.raises(LimitError, match="min_pulse_width_s"):
+            b.pulse_cell(0, 0, 0, 2.0, 1e-5, 1)
+        with pytest.raises(LimitError, match="v_threshold_V"):  # V/2 = 1.4 V > the 1.2 V threshold
+            b.pulse_cell(0, 0, 0, 2.8, 1e-4, 1)
+        with pytest.raises(LimitError, match="max_pulses_per_device"):
+            b.program(0, np.array([[1001, 0], [0, 0]], dtype=np.int32))
+        with pytest.raises(LimitError, match="min_pulse_width_s"):
+            b.outer_pulse(0, np.ones(2), np.ones(2), 1, 1, width_s=5e-5)
+        assert b.seq == 0
+        b.close()
+
+
+def test_an_instrument_error_is_raised_with_its_code_and_the_rig_is_left_safe() -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON, (read("0.2", b"")[0], b"-1.00000e-09\tfalse\t2.00000e+00\n"),
+                      (b"print(errorqueue.next())\n", b"-2.21000e+02\tSettings conflict\t2.00000e+00\t0.00000e+00\n"),
+                      (b"print(errorqueue.next())\n", b"1.10200e+03\tParameter too big\t2.00000e+00\t0.00000e+00\n"),
+                      ] + SMU_SAFE + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        with pytest.raises(InstrumentError, match="Settings conflict.*also queued: 1102") as err:
+            b.read_cell(0, 0, 0)
+        assert err.value.code == -221
+        b.close()
+
+
+def test_a_read_in_compliance_is_an_error_not_a_number() -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON, read("0.2", b"-1.00000e-05\ttrue\t0.00000e+00\n")] + SMU_SAFE + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        with pytest.raises(InstrumentError, match="compliance") as err:
+            b.read_cell(0, 0, 0)
+        assert err.value.code == 110
+        b.close()
+
+
+@pytest.mark.parametrize("reply", [b"-1.0e-9\tfalse\n", b"garbage\tfalse\t0\n", b"-1e-9\tmaybe\t0\n", b"-1e-9\tfalse\t0"])
+def test_garbled_replies_raise_protocol_error_with_the_raw_bytes(reply: bytes) -> None:
+    smu = SMU_OPEN + [OUTPUTS_ON, read("0.2", reply)] + SMU_SAFE + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        with pytest.raises(ProtocolError) as err:
+            b.read_cell(0, 0, 0)
+        assert err.value.raw == reply
+        b.close()
+
+
+def test_a_line_that_fails_to_run_times_out_and_is_explained_from_the_error_queue() -> None:
+    smu = SMU_OPEN + [(OUTPUTS_ON[0], InstrumentTimeoutError("no answer")),
+                      (b"print(errorqueue.count)\n", b"1.00000e+00\n"),
+                      (b"print(errorqueue.next())\n", b"-2.85000e+02\tTSP Syntax error at line 1\t2.00000e+00\t0.00000e+00\n"),
+                      ] + SMU_SAFE + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        with pytest.raises(InstrumentError, match="TSP Syntax error") as err:
+            b.read_cell(0, 0, 0)
+        assert isinstance(err.value.__cause__, InstrumentTimeoutError)
+        b.close()
+
+
+def test_a_reply_that_is_not_a_keithley_identity_refuses_to_open() -> None:
+    smu = [(b"*IDN?\n", b"ACME,PSU,1,1\n"), *SMU_SAFE]
+    with pytest.raises(Exception, match="not a Keithley"):
+        with expected_rig_protocol(cfg(), smu, MATRIX_SAFE):
+            pass
+
+
+def test_ramps_split_large_level_changes_into_steps_no_larger_than_the_configured_size() -> None:
+    from crossbar_instruments.tsp import ramp_levels
+
+    assert ramp_levels(0.0, -1.0, 0.5) == [-0.5, -1.0]
+    assert ramp_levels(0.0, 0.2, 0.5) == [0.2]
+    assert ramp_levels(-1.3, 0.0, 0.5) == pytest.approx([-1.3 + 1.3 / 3, -1.3 + 2.6 / 3, 0.0])
+    assert ramp_levels(0.4, 0.4, 0.5) == []
+    steps = np.diff([0.0, *ramp_levels(0.0, 2.9, 0.25)])
+    assert np.all(np.abs(steps) <= 0.25 + 1e-12) and len(steps) == 12
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"smu_matrix": {"row_pins": [["1:01-1:02"]], "col_pins": [["1:02-1:03"]]}}, "wired twice"),
+    ({"smu_matrix": {"row_pins": [["1:01-1:03"]], "col_pins": [["1:04-1:05"]]}}, "3 rows x 2 columns"),
+    ({"smu_matrix": {"row_pins": [["1:01", "9:02"]], "col_pins": [["1:03-1:04"]]}}, "not 'slot:column'"),
+    ({"smu_matrix": {"row_pins": [["1:01-1:02"]], "col_pins": [["1:03-1:04"]], "ground_row": ""}}, "needs a ground_row"),
+    ({"smu_matrix": {"row_pins": [["1:01-1:02"]], "col_pins": [["1:03-1:04"]], "sense_row": "A"}}, "must differ"),
+    ({"smu_matrix": {"row_pins": [["1:01-1:02"]], "col_pins": [["1:03-1:04"]], "sense_smu": "smua"}}, "different SMU"),
+    ({"smu_matrix": None}, r"needs an \[smu_matrix\] section"),
+    ({"pulse": {"width_s": 1e-6}}, "shorter than the SMU's shortest pulse"),
+])
+def test_config_errors_name_what_is_wrong(change: dict, message: str) -> None:
+    data = {**RIG, **change}
+    if data["smu_matrix"] is None:
+        del data["smu_matrix"]
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(data)
