@@ -196,6 +196,14 @@ class SmuMatrixSection(_Section):
                     seen[pin] = here
         return self
 
+    def op_time_s(self, shapes: list[tuple[int, int]]) -> dict[str, float]:
+        """Estimated seconds per operation on this rig: composed array operations visit every device of the
+        largest tile (reads at ``cell_read_s``, pulse trains at ``cell_pulse_s``, an upper bound for sparse ones)."""
+        cells = max(r * c for r, c in shapes)
+        r, p = self.cell_read_s, self.cell_pulse_s
+        return {"read_vmm": cells * r, "read_vmm_t": cells * r, "read_conductance": cells * r, "program": cells * p,
+                "outer_pulse": cells * p, "read_cell": r, "pulse_cell": p}
+
     def pins(self, tile: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(row pins, column pins) of ``tile`` as (slot, column) pairs."""
         return (expand_pins(self.row_pins[tile], f"row_pins[{tile}]"),

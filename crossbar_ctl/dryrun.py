@@ -45,7 +45,7 @@ DEFAULT_OP_TIME_S: dict[str, float] = {
     "read_conductance": 5e-3,
 }
 EVAL_CHUNK = 1000  # test samples per read_vmm in evaluation (CrossbarMLP.predict)
-INSTRUMENT_KINDS = ("visa", "serial")
+INSTRUMENT_KINDS = ("visa", "serial", "smu-matrix")
 
 
 @dataclass
@@ -236,6 +236,8 @@ def dry_run(cfg: RunConfig, op_time_s: dict[str, float] | None = None) -> DryRun
     out.info["limits"] = _check_limits(cfg, sizes, out)
     counts = count_ops(cfg, sizes, n_train, n_test)
     out.info["operations"] = counts
+    if op_time_s is None and cfg.backend.kind == "smu-matrix" and cfg.smu_matrix is not None:
+        op_time_s = cfg.smu_matrix.op_time_s(shapes)  # device by device: the rig's own estimate
     out.info["duration"] = estimate_duration(cfg, counts, op_time_s)
     return out
 

@@ -315,6 +315,14 @@ class TesterBackend(Backend):
         self._check_tile(tile)
         return self._query(encode_command("cond_true", tile=tile), "cond_true")["g"]
 
+    def outputs_on(self) -> bool:
+        """Ask the tester whether its outputs are on (``OUTP?``)."""
+        return self.scpi("OUTP?") == "1"
+
+    def is_safe(self) -> bool:
+        """Ask the tester whether it is in its safe state (``SYST:SAFE?`` and outputs off)."""
+        return self.scpi("SYST:SAFE?") == "1" and not self.outputs_on()
+
     def scpi(self, line: str) -> str | None:
         """Send one raw command line; return the reply line (without ``\\n``) if it is a query (diagnostics)."""
         self._check_open()

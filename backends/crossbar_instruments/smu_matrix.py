@@ -138,12 +138,9 @@ class SmuMatrixBackend(Backend):
     # ----------------------------------------------------------------- Backend hooks
     def _capabilities(self) -> Capabilities:
         shapes = tuple(self.config.array.shapes())
-        r, p = self.rig.cell_read_s, self.rig.cell_pulse_s
-        cells = max(rows * cols for rows, cols in shapes)
         return Capabilities(tile_shapes=shapes, native_vmm=False, native_outer_pulse=False,
                             outer_modes=("stochastic", "expected", "nearest"), slow=True,
-                            op_time_s={"read_vmm": cells * r, "read_vmm_t": cells * r, "read_conductance": cells * r,
-                                       "program": cells * p, "outer_pulse": cells * p, "read_cell": r, "pulse_cell": p})
+                            op_time_s=self.rig.op_time_s(list(shapes)))
 
     def _read_cell(self, tile: int, row: int, col: int, v_read_V: float) -> float:
         return self._guarded(lambda: self._measure(tile, row, col, v_read_V))
@@ -321,6 +318,26 @@ class SmuMatrixBackend(Backend):
         for i, j in zip(*np.nonzero(counts)):
             n = int(counts[i, j])
             self._pulse(tile, int(i), int(j), v_set if n > 0 else v_reset, width_s, abs(n))
+
+
+def rig_is_safe(config: RunConfig) -> bool:
+    """Ask the SMU and the matrix on fresh links, outside any backend session (no reset, no set-up): both outputs
+    off and no relay closed."""
+    b, rig = config.backend, config.smu_matrix
+    if rig is None:
+        raise BackendError('rig_is_safe needs an [smu_matrix] section')
+    smu = TspLink("SMU", VisaTransport(b.address, b.timeout_s, b.visa_library))
+    matrix = TspLink("matrix", VisaTransport(rig.matrix_address, b.timeout_s, b.visa_library))
+    try:
+        smu.open()
+        matrix.open()
+        reply = smu.query(tsp.output_state((rig.drive_smu, rig.sense_smu)))
+        states = [tsp.number(f, reply, "output state") for f in tsp.fields(reply, 2, "SMU output state")]
+        closed = tsp.fields(matrix.query(tsp.MATRIX_CLOSED), 1, "matrix closed channels")[0]
+        return all(s == 0 for s in states) and closed == "nil"
+    finally:
+        smu.close()
+        matrix.close()
 
 
 def _at(pin: tuple[int, int], matrix_row: str) -> tuple[int, str, int]:

@@ -120,3 +120,36 @@ def expected_rig_protocol(config: RunConfig, smu_script: Sequence[tuple[bytes, R
     yield backend
     smu.check_done()
     matrix.check_done()
+
+
+class LoopbackTransport(ScriptedTransport):
+    """A transport whose peer is an in-process emulated instrument (anything with ``handle(raw) -> reply``):
+    each write is handled at once and its reply queued for the reads. ``log`` keeps (written, reply) pairs."""
+
+    def __init__(self, instrument: Any) -> None:
+        super().__init__([])
+        self.instrument = instrument
+        self.log: list[tuple[bytes, bytes]] = []
+
+    def write(self, data: bytes) -> None:
+        assert self._open, "write on a closed transport"
+        reply = self.instrument.handle(bytes(data)) or b""
+        self.log.append((bytes(data), reply))
+        self._pending += reply
+
+    def read_line(self, max_bytes: int) -> bytes:
+        if b"\n" not in self._pending:  # a TSP line that failed prints nothing: a real link would time out
+            from crossbar_ctl.errors import InstrumentTimeoutError
+
+            raise InstrumentTimeoutError("loopback: the instrument printed nothing")
+        return super().read_line(max_bytes)
+
+
+def loopback_rig(config: RunConfig) -> tuple[Any, Any]:
+    """An ``smu-matrix`` backend on the emulated rig in this process: returns (backend, rig)."""
+    from crossbar_instruments.smu_matrix import SmuMatrixBackend
+    from crossbar_instruments.smu_rig import EmulatedMatrix, EmulatedSmu, Rig
+
+    rig = Rig(config)
+    smu, matrix = LoopbackTransport(EmulatedSmu(rig)), LoopbackTransport(EmulatedMatrix(rig))
+    return SmuMatrixBackend(config, smu_transport=lambda: smu, matrix_transport=lambda: matrix), rig

@@ -93,10 +93,27 @@ class Trainer:
             if self._own_backend:
                 self.backend.close()
             raise
+        self.estimated_s = self._warn_if_slow()
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.init_error: list[float] = []
         self.init_counts: dict[str, float] = {}
+
+    def _warn_if_slow(self) -> float | None:
+        """On a backend that declares itself slow, log the estimated duration (from its per-operation times)."""
+        caps = self.backend.capabilities
+        if not caps.slow:
+            return None
+        from crossbar_ctl.dryrun import count_ops, estimate_duration
+
+        counts = count_ops(self.config, self.sizes, len(self.data.x_train), len(self.data.x_test))
+        est = estimate_duration(self.config, counts, caps.op_time_s or None)
+        composed = [name for name, native in (("read_vmm", caps.native_vmm), ("outer_pulse", caps.native_outer_pulse))
+                    if not native]
+        how = f"; it composes {' and '.join(composed)} from device operations" if composed else ""
+        log.warning("backend %r is slow%s: estimated %.3g s per epoch, %.3g s for the run (%d epochs)",
+                    self.backend.kind, how, est["epoch_s"], est["run_s"], self.config.training.epochs)
+        return float(est["run_s"])
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False) -> dict[str, Any]:
