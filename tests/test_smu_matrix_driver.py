@@ -244,3 +244,15 @@ def test_config_errors_name_what_is_wrong(change: dict, message: str) -> None:
         del data["smu_matrix"]
     with pytest.raises(ConfigError, match=message):
         config_from_dict(data)
+
+
+@pytest.mark.parametrize("name", ["lab-smu-matrix.toml", "emulated-smu-matrix.toml"])
+def test_the_shipped_rig_configs_are_valid_and_wire_every_line(name: str) -> None:
+    from pathlib import Path
+
+    from crossbar_ctl.config import load_config
+
+    c = load_config(Path(__file__).resolve().parents[1] / "hil" / "configs" / name)
+    rows, cols = c.smu_matrix.pins(0)
+    assert (len(rows), len(cols)) == c.array.shapes()[0] and not set(rows) & set(cols)
+    assert c.smu_matrix.op_time_s(c.array.shapes())["read_conductance"] == pytest.approx(64 * c.smu_matrix.cell_read_s)
