@@ -226,3 +226,35 @@ def test_training_on_a_slow_backend_warns_with_the_estimated_time(caplog: pytest
     est = estimate_duration(config, count_ops(config, tr.sizes, 64, 32), tr.backend.capabilities.op_time_s)
     assert tr.estimated_s == pytest.approx(est["run_s"]) and est["run_s"] > 2 * est["epoch_s"] > 0
     assert f"{est['run_s']:.3g} s for the run (2 epochs)" in msg[0]
+
+
+def test_a_link_lost_in_the_middle_of_a_pulse_is_reopened_to_ramp_down_and_switch_off() -> None:
+    """The SMU link drops right after the sense channel was ramped to -V/2: the pulse fails with the lost
+    connection, and the driver reopens the link, ramps the level down (not a step), switches off, opens relays."""
+    from crossbar_ctl.errors import ConnectionLostError
+
+    b, rig = loopback_rig(cfg())
+    t = b.smu.t
+    sent: list[bytes] = []
+    state = {"dropped": False, "dead": False}
+    real_write, real_open = type(t).write, type(t).open
+
+    def flaky(data: bytes) -> None:  # the link dies at the pulse line and stays dead until reopened
+        sent.append(bytes(data))
+        if state["dead"] or (b"trigger.initiate" in data and not state["dropped"]):
+            state["dropped"] = state["dead"] = True
+            raise ConnectionLostError("peer reset")
+        real_write(t, data)
+
+    def reopen() -> None:
+        state["dead"] = False
+        real_open(t)
+
+    t.write, t.open = flaky, reopen  # type: ignore[method-assign]
+    with pytest.raises(ConnectionLostError):
+        b.pulse_cell(0, 1, 1, 2.0, 1e-4, 3)
+    assert rig.smu["smub"]["levelv"] == 0.0 and rig.is_safe and rig.pulses_applied == 0 and t.opens == 2
+    after = [s for s in sent if s.startswith(b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 ")]
+    assert len(after) == 2  # refused by the dead link, then sent again on the reopened one: ramped through -0.5 V
+    assert rig.hazards == []
+    b.close()

@@ -27,13 +27,14 @@ matrix switches only with both channels at 0 V (break before make); any failure 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from crossbar_ctl.backend import Backend, Capabilities
 from crossbar_ctl.config import RunConfig, SmuMatrixSection
-from crossbar_ctl.errors import BackendError, InstrumentError, InstrumentTimeoutError, LimitError
+from crossbar_ctl.errors import BackendError, ConnectionLostError, InstrumentError, InstrumentTimeoutError, LimitError
 from crossbar_instruments import tsp
 from crossbar_instruments.transport import Transport, VisaTransport
 
@@ -72,6 +73,26 @@ class TspLink:
         n = tsp.count(tsp.fields(reply, 1, f"{self.name} error count")[0], reply, f"{self.name} error count")
         if n:
             self.raise_queued(None, n)
+
+    def run_reopening(self, line: str, retries: int, backoff_s: float) -> None:
+        """:meth:`run` for idempotent lines (the safe state): on a lost link, reopen it (``retries`` attempts,
+        back-off doubling) and send the line again."""
+        delay = backoff_s
+        for attempt in range(retries + 1):
+            try:
+                self.run(line)
+                return
+            except ConnectionLostError:
+                if attempt == retries:
+                    raise
+                log.warning("%s link lost; reopening to leave the rig safe (attempt %d)", self.name, attempt + 1)
+                time.sleep(delay)
+                delay *= 2
+                self.t.close()
+                try:
+                    self.t.open()
+                except ConnectionLostError:
+                    continue
 
     def raise_queued(self, cause: BaseException | None, n: int | None = None) -> None:
         """Raise the first entry of the error queue (the rest are drained into the message), if there is one."""
@@ -211,19 +232,23 @@ class SmuMatrixBackend(Backend):
     def _leave_safe_quietly(self) -> list[str]:
         """Best effort, every step tried: ramp down, outputs off, relays open. Returns what failed."""
         failures: list[str] = []
-        for ch in self.channels:
+        b = self.config.backend
+        for ch in self.channels:  # ramp lines hold absolute levels: sending one again is harmless
             try:
-                self._set_level(ch, 0.0)
+                levels = tsp.ramp_levels(self._level[ch], 0.0, self.rig.ramp_step_V)
+                if levels:
+                    self.smu.run_reopening(tsp.set_level(ch, levels, self.rig.ramp_dwell_s), b.retries, b.backoff_s)
+                self._level[ch] = 0.0
             except Exception as err:  # keep going: the outputs must still go off
                 failures.append(f"ramping {ch} to 0 V: {err}")
         try:
-            self.smu.run(tsp.outputs_off(self.channels))
+            self.smu.run_reopening(tsp.outputs_off(self.channels), b.retries, b.backoff_s)
             self._level = {ch: 0.0 for ch in self.channels}
             self._outputs_on = False
         except Exception as err:
             failures.append(f"switching the SMU outputs off: {err}")
         try:
-            self.matrix.run(tsp.MATRIX_OPEN_ALL)
+            self.matrix.run_reopening(tsp.MATRIX_OPEN_ALL, b.retries, b.backoff_s)
             self._connected = None
         except Exception as err:
             failures.append(f"opening the matrix relays: {err}")
