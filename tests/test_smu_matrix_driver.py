@@ -25,10 +25,11 @@ RIG = {
 OK = b"0.00000e+00\n"
 SMU_OPEN = [
     (b"*IDN?\n", b"Keithley Instruments Inc., Model 2602B, 4406555, 3.3.5\n"),
-    (b"reset() errorqueue.clear() smua.source.func = smua.OUTPUT_DCVOLTS smua.source.autorangev = smua.AUTORANGE_ON "
+    (b"reset() errorqueue.clear() smua.source.func = smua.OUTPUT_DCVOLTS smua.source.autorangev = smua.AUTORANGE_OFF "
+     b"smua.source.rangev = 3 "
      b"smua.measure.autorangei = smua.AUTORANGE_ON smua.measure.nplc = 1 smua.source.levelv = 0 "
      b"smua.source.limiti = 1e-05 smub.source.func = smub.OUTPUT_DCVOLTS smub.source.autorangev = "
-     b"smub.AUTORANGE_ON smub.measure.autorangei = smub.AUTORANGE_ON smub.measure.nplc = 1 smub.source.levelv = 0 "
+     b"smub.AUTORANGE_OFF smub.source.rangev = 3 smub.measure.autorangei = smub.AUTORANGE_ON smub.measure.nplc = 1 smub.source.levelv = 0 "
      b"smub.source.limiti = 1e-05 print(errorqueue.count)\n", OK),
     (b"smua.trigger.measure.action = smua.DISABLE smua.trigger.source.action = smua.ENABLE "
      b"smua.trigger.endpulse.action = smua.SOURCE_IDLE smua.trigger.endpulse.stimulus = trigger.timer[1].EVENT_ID "

@@ -258,3 +258,14 @@ def test_a_link_lost_in_the_middle_of_a_pulse_is_reopened_to_ramp_down_and_switc
     assert len(after) == 2  # refused by the dead link, then sent again on the reopened one: ramped through -0.5 V
     assert rig.hazards == []
     b.close()
+
+
+def test_the_fixed_source_range_makes_the_smu_itself_refuse_levels_beyond_the_limit() -> None:
+    """The driver fixes the source range at [limits].max_voltage_V: a level beyond it (sent by anyone) is an
+    instrument error, not an output."""
+    b, rig = loopback_rig(cfg())
+    smu = b.smu.t.instrument
+    assert rig.smu["smua"]["rangev"] == 3.0
+    assert smu.handle(b"smua.source.levelv = 5 print(errorqueue.count)\n") is None
+    assert rig.smu["smua"]["levelv"] == 0.0 and smu.errors[-1][0] == 1102
+    b.close()

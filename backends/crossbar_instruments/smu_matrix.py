@@ -139,7 +139,8 @@ class SmuMatrixBackend(Backend):
             self.smu.open()
             self.matrix.open()
             self.idn = {"smu": self._identify(self.smu), "matrix": self._identify(self.matrix)}
-            self.smu.run(tsp.smu_setup(self.channels, self._compliance, self.rig.nplc))
+            self.smu.run(tsp.smu_setup(self.channels, self._compliance, self.rig.nplc,
+                                         config.limits.max_voltage_V))
             self.smu.run(tsp.pulse_setup(self.drive))
             self.matrix.run(tsp.MATRIX_SETUP)
         except BaseException:

@@ -233,6 +233,7 @@ class EmulatedSmu(_TspInstrument):
     def _reset(self) -> None:
         for ch in ("smua", "smub"):
             self.rig.smu[ch] = {"func": 1.0, "levelv": 0.0, "limiti": 1e-4, "output": False, "nplc": 1.0,
+                                "rangev": 200.0,
                                 "source.autorangev": 1.0, "measure.autorangei": 1.0,
                                 "trigger": {"measure.action": 1.0, "source.action": 0.0, "endpulse.action": 1.0,
                                             "endpulse.stimulus": 0.0, "arm.count": 1.0, "count": 1.0,
@@ -278,8 +279,8 @@ class EmulatedSmu(_TspInstrument):
         s = self.rig.smu[ch]
         if rest == "source.levelv":
             v = float(value)
-            if abs(v) > 200.0:
-                raise TspError(1102, f"Parameter too big: {ch}.source.levelv {v:g}")
+            if abs(v) > s["rangev"] * 1.01:  # the 2600B sources up to 101 % of the range
+                raise TspError(1102, f"Parameter too big: {ch}.source.levelv {v:g} exceeds the {s['rangev']:g} V range")
             s["levelv"] = v
             if s["output"]:
                 self.rig.check_dc(f"{ch}.source.levelv = {v:g}")
@@ -289,7 +290,7 @@ class EmulatedSmu(_TspInstrument):
             s["output"] = bool(value)
             if s["output"]:
                 self.rig.check_dc(f"{ch} output on")
-        elif rest in ("source.func", "source.limiti", "measure.nplc"):
+        elif rest in ("source.func", "source.limiti", "measure.nplc", "source.rangev"):
             s[rest.split(".")[1]] = float(value)
         elif rest in ("source.autorangev", "measure.autorangei"):
             s[rest] = float(value)
@@ -333,6 +334,8 @@ class EmulatedSmu(_TspInstrument):
         points = tr["list"]
         if len(points) != n or len(set(points)) != 1:
             raise TspError(-221, f"Settings conflict: {ch} source list has {len(points)} points, count {n}")
+        if abs(float(points[0])) > s["rangev"] * 1.01:
+            raise TspError(1102, f"Parameter too big: {ch} sweep level {points[0]:g} exceeds the {s['rangev']:g} V range")
         self.rig.pulse(ch, float(points[0]), float(self.timer["delay"]), n)
 
 

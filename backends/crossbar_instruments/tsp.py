@@ -30,11 +30,14 @@ def checked(*statements: str) -> str:
 
 
 # --------------------------------------------------------------------------- 2600B SMU
-def smu_setup(channels: Sequence[str], compliance_A: float, nplc: float) -> str:
-    """Reset, clear errors, and put both channels in DC-volts mode at 0 V with the compliance set (outputs off)."""
+def smu_setup(channels: Sequence[str], compliance_A: float, nplc: float, range_V: float) -> str:
+    """Reset, clear errors, and put both channels in DC-volts mode at 0 V with the compliance set (outputs off).
+    The source range is fixed at ``range_V`` (``[limits].max_voltage_V``): the instrument itself then cannot
+    source more, and pulses never wait for a range change."""
     out = ["reset()", "errorqueue.clear()"]
     for ch in channels:
-        out += [f"{ch}.source.func = {ch}.OUTPUT_DCVOLTS", f"{ch}.source.autorangev = {ch}.AUTORANGE_ON",
+        out += [f"{ch}.source.func = {ch}.OUTPUT_DCVOLTS", f"{ch}.source.autorangev = {ch}.AUTORANGE_OFF",
+                f"{ch}.source.rangev = {num(range_V)}",
                 f"{ch}.measure.autorangei = {ch}.AUTORANGE_ON", f"{ch}.measure.nplc = {num(nplc)}",
                 f"{ch}.source.levelv = 0", f"{ch}.source.limiti = {num(compliance_A)}"]
     return checked(*out)
