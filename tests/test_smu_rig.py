@@ -268,4 +268,5 @@ def test_the_fixed_source_range_makes_the_smu_itself_refuse_levels_beyond_the_li
     assert rig.smu["smua"]["rangev"] == 3.0
     assert smu.handle(b"smua.source.levelv = 5 print(errorqueue.count)\n") is None
     assert rig.smu["smua"]["levelv"] == 0.0 and smu.errors[-1][0] == 1102
+    smu.errors.clear()
     b.close()
