@@ -213,7 +213,7 @@ def test_a_line_that_fails_to_run_times_out_and_is_explained_from_the_error_queu
 
 def test_a_reply_that_is_not_a_keithley_identity_refuses_to_open() -> None:
     smu = [(b"*IDN?\n", b"ACME,PSU,1,1\n"), *SMU_SAFE]
-    with pytest.raises(Exception, match="not a Keithley"):
+    with pytest.raises(Exception, match="expected a Keithley 26"):
         with expected_rig_protocol(cfg(), smu, MATRIX_SAFE):
             pass
 
@@ -257,3 +257,25 @@ def test_the_shipped_rig_configs_are_valid_and_wire_every_line(name: str) -> Non
     rows, cols = c.smu_matrix.pins(0)
     assert (len(rows), len(cols)) == c.array.shapes()[0] and not set(rows) & set(cols)
     assert c.smu_matrix.op_time_s(c.array.shapes())["read_conductance"] == pytest.approx(64 * c.smu_matrix.cell_read_s)
+
+
+def test_swapped_addresses_are_caught_by_the_identity_check() -> None:
+    smu = [(b"*IDN?\n", b"Keithley Instruments Inc., Model 707B, 1234567, 1.4.1\n"), *SMU_SAFE]
+    with pytest.raises(Exception, match="identifies as .*Model 707B.*expected a Keithley 26"):
+        with expected_rig_protocol(cfg(), smu, MATRIX_SAFE):
+            pass
+
+
+def test_after_a_ramp_fails_part_way_the_safe_state_asks_the_level_and_ramps_from_there() -> None:
+    """The ramp to -1 V dies in the middle (its reply lost): the driver does not know where the level is, so it
+    asks the SMU (-0.5 V) and ramps back from there instead of stepping to 0 V with the output-off line."""
+    ramp = b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n"
+    smu = SMU_OPEN + [OUTPUTS_ON, (ramp, InstrumentTimeoutError("no answer")),
+                      (b"print(errorqueue.count)\n", OK),
+                      (b"print(smub.source.levelv)\n", b"-5.00000e-01\n"),
+                      (b"smub.source.levelv = 0 print(errorqueue.count)\n", OK)] + SMU_SAFE + SMU_SAFE
+    mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE + MATRIX_SAFE
+    with expected_rig_protocol(cfg(), smu, mx) as b:
+        with pytest.raises(InstrumentTimeoutError):
+            b.pulse_cell(0, 0, 0, 2.0, 1e-4, 1)
+        b.close()

@@ -41,6 +41,8 @@ from crossbar_instruments.transport import Transport, VisaTransport
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 16
 MAX_ERRORS_DRAINED = 16
+SMU_MODELS = ("26",)  # 2600A/B series: 2601B ... 2636B
+MATRIX_MODELS = ("707", "708")
 
 
 class TspLink:
@@ -129,6 +131,7 @@ class SmuMatrixBackend(Backend):
         self.channels = (self.drive, self.sense)
         self._compliance = config.limits.compliance_current_A
         self._level = {ch: 0.0 for ch in self.channels}
+        self._uncertain: set[str] = set()
         self._outputs_on = False
         self._connected: tuple[int, int, int] | None = None
         self._pins = [self.rig.pins(t) for t in range(len(config.array.shapes()))]
@@ -138,7 +141,8 @@ class SmuMatrixBackend(Backend):
         try:
             self.smu.open()
             self.matrix.open()
-            self.idn = {"smu": self._identify(self.smu), "matrix": self._identify(self.matrix)}
+            self.idn = {"smu": self._identify(self.smu, SMU_MODELS),
+                        "matrix": self._identify(self.matrix, MATRIX_MODELS)}
             self.smu.run(tsp.smu_setup(self.channels, self._compliance, self.rig.nplc,
                                          config.limits.max_voltage_V))
             self.smu.run(tsp.pulse_setup(self.drive))
@@ -150,11 +154,15 @@ class SmuMatrixBackend(Backend):
             raise
 
     @staticmethod
-    def _identify(link: TspLink) -> str:
+    def _identify(link: TspLink, models: tuple[str, ...]) -> str:
+        """``*IDN?``; the reply must name Keithley and one of ``models`` (so that swapped addresses are caught)."""
         reply = link.query(tsp.IDN)
         text = tsp.fields(reply, 1, f"{link.name} *IDN?")[0]
-        if "keithley" not in text.lower():
-            raise BackendError(f"{link.name} at {link.t.address} identifies as {text!r}, not a Keithley instrument")
+        fields = [f.strip() for f in text.split(",")]
+        model = fields[1].removeprefix("Model ").strip() if len(fields) > 1 else ""
+        if "keithley" not in text.lower() or not model.startswith(models):
+            raise BackendError(f"{link.name} at {link.t.address} identifies as {text!r}; expected a Keithley "
+                               f"{' or '.join(m + '*' for m in models)}")
         return text
 
     # ----------------------------------------------------------------- Backend hooks
@@ -236,6 +244,10 @@ class SmuMatrixBackend(Backend):
         b = self.config.backend
         for ch in self.channels:  # ramp lines hold absolute levels: sending one again is harmless
             try:
+                if ch in self._uncertain:  # a ramp failed part way: start from what the SMU reports
+                    reply = self.smu.query(f"print({ch}.source.levelv)")
+                    self._level[ch] = tsp.number(tsp.fields(reply, 1, f"{ch} level")[0], reply, f"{ch} level")
+                    self._uncertain.discard(ch)
                 levels = tsp.ramp_levels(self._level[ch], 0.0, self.rig.ramp_step_V)
                 if levels:
                     self.smu.run_reopening(tsp.set_level(ch, levels, self.rig.ramp_dwell_s), b.retries, b.backoff_s)
@@ -279,7 +291,11 @@ class SmuMatrixBackend(Backend):
     def _set_level(self, ch: str, v: float) -> None:
         levels = tsp.ramp_levels(self._level[ch], v, self.rig.ramp_step_V)
         if levels:
-            self.smu.run(tsp.set_level(ch, levels, self.rig.ramp_dwell_s))
+            try:
+                self.smu.run(tsp.set_level(ch, levels, self.rig.ramp_dwell_s))
+            except BaseException:
+                self._uncertain.add(ch)  # the ramp may have stopped anywhere: ask before ramping back
+                raise
             self._level[ch] = v
 
     def _connect(self, tile: int, row: int, col: int) -> None:
