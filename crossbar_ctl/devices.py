@@ -1,6 +1,7 @@
 """Device models: typed configs with the equations that define them, and the named presets.
 
-Every model in this file moves a device's conductance G (siemens) by an *affine pulse map*: one effective
+Every analytic model in this file moves a device's conductance G (siemens) by an *affine pulse map* (the
+``tabular`` model of measured ΔG statistics is the exception: see :class:`TabularDevice`): one effective
 pulse applies ``G <- G + r·(G* − G)`` in the saturating models (rate r, target G* per polarity), or
 ``G <- G + ΔG`` in the linear ones. ``n`` pulses therefore have the closed form
 
@@ -29,7 +30,7 @@ import math
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 
 RHO_MAX = 40.0  # a per-pulse rate r >= 1 (possible only with a large shape spread) jumps to the target
@@ -235,8 +236,119 @@ class LinearStepDevice(_DeviceBase):
         return up, down
 
 
+class TabularDevice(_DeviceBase):
+    """Measured ΔG statistics conditioned on G, per polarity (for devices no analytic model fits).
+
+    One nominal pulse of polarity s ∈ {up, down} at conductance G:
+
+        G ← clip(G + μ_s(G) + σ_s(G)·ξ, Gmin, Gmax),   ξ ~ N(0, 1)
+
+    with μ_s, σ_s linearly interpolated on ``g_grid_S`` (held constant beyond its ends); μ_up ≥ 0, μ_down ≤ 0.
+    n pulses iterate the map (no closed form): the simulator rounds a write's n_eff nominal pulses to an integer
+    count stochastically and applies them one at a time (:mod:`crossbar_sim.tabular`). The table carries the
+    cycle-to-cycle noise: the simulator adds none, and ``sigma_c2c`` is not a parameter but the noise figure that
+    host-side planning reads (the controller's write-verify threshold), derived as
+    σ_c2c = √(mean over the grid of (σ_up² + σ_down²)/2) / (Gmax − Gmin); a config may give it only as 0 (derive)
+    or as that value (what a dumped config holds). Device-to-device spread: a device with window [Gmin', Gmax']
+    and shape factor f follows the table in window units, G ← G + k·(f·μ_s(u) + σ_s(u)·ξ) with
+    k = (Gmax' − Gmin')/(Gmax − Gmin) and u = Gmin + (G − Gmin')/k (f scales the mean step only).
+
+    Planning (host side): n pulses from G_a to G_b = ∫ dG/|μ̃_s(G)|, μ̃_s the linear interpolant of |μ_s| on the
+    knots {Gmin, grid, Gmax}, floored at 10⁻³·max|μ_s| (a table that never moves would need infinitely many
+    pulses); exact per segment: Δn = ΔG·ln(m₁/m₀)/(m₁ − m₀). It is the continuous limit of the pulse map (for a
+    saturating device r(G* − G) it counts 1/r per e-fold where the map takes 1/(−ln(1 − r)))."""
+
+    model: Literal["tabular"] = Field("tabular", description="device model")
+    g_grid_S: list[float] = Field(..., min_length=1, description="bin centres G (S), strictly increasing")
+    dg_up_mean_S: list[float] = Field(..., description="mean ΔG of one potentiating pulse at each grid G (S, >= 0)")
+    dg_up_std_S: list[float] = Field(..., description="std of ΔG of one potentiating pulse (S)")
+    dg_down_mean_S: list[float] = Field(..., description="mean ΔG of one depressing pulse (S, <= 0)")
+    dg_down_std_S: list[float] = Field(..., description="std of ΔG of one depressing pulse (S)")
+    _knots: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_table(self) -> "TabularDevice":
+        grid = np.asarray(self.g_grid_S, dtype=np.float64)
+        if not np.all(np.isfinite(grid)):
+            raise ValueError("g_grid_S must be finite")
+        if np.any(np.diff(grid) <= 0):
+            k = int(np.nonzero(np.diff(grid) <= 0)[0][0]) + 1
+            raise ValueError(f"g_grid_S must be strictly increasing: g_grid_S[{k}] = {grid[k]:g} <= "
+                             f"g_grid_S[{k - 1}] = {grid[k - 1]:g}")
+        if grid[0] < self.g_min_S or grid[-1] > self.g_max_S:
+            raise ValueError(f"g_grid_S must lie within [g_min_S, g_max_S] = [{self.g_min_S:g}, {self.g_max_S:g}]")
+        for key, sign in (("dg_up_mean_S", 1), ("dg_up_std_S", 0), ("dg_down_mean_S", -1), ("dg_down_std_S", 0)):
+            v = np.asarray(getattr(self, key), dtype=np.float64)
+            if v.size != grid.size:
+                raise ValueError(f"{key} has {v.size} entries, g_grid_S has {grid.size}: one per grid point")
+            bad = np.nonzero(~np.isfinite(v) | (v * (sign or 1) < 0))[0]
+            if bad.size:
+                what = {1: ">= 0 (potentiation)", -1: "<= 0 (depression)", 0: ">= 0 (a standard deviation)"}
+                raise ValueError(f"{key}[{bad[0]}] = {v[bad[0]]:g}: every {key} entry must be finite and {what[sign]}")
+            if sign and not np.any(v != 0):
+                raise ValueError(f"{key} is zero everywhere: the device never moves in that direction")
+        sd2 = 0.5 * (np.square(self.dg_up_std_S) + np.square(self.dg_down_std_S))
+        derived = min(float(np.sqrt(np.mean(sd2))) / self.g_range_S, 1.0)
+        if self.sigma_c2c != 0 and not math.isclose(self.sigma_c2c, derived, rel_tol=1e-9, abs_tol=0.0):
+            raise ValueError(f"sigma_c2c is derived from the table for model tabular (here {derived:.6g}); the "
+                             "simulator adds no noise of its own (dg_up_std_S / dg_down_std_S carry it): leave "
+                             "sigma_c2c out or 0")
+        object.__setattr__(self, "sigma_c2c", derived)  # frozen model: set once, here
+        self._plan()
+        return self
+
+    def _plan(self) -> None:
+        """Knots of the planning integral: (G, |μ̃_up|, P_up, |μ̃_down|, P_down) at {Gmin, grid, Gmax}."""
+        g = np.unique(np.concatenate([[self.g_min_S], self.g_grid_S, [self.g_max_S]]))
+        out = [g]
+        for mean in (self.dg_up_mean_S, self.dg_down_mean_S):
+            m = np.abs(np.interp(g, self.g_grid_S, mean))
+            m = np.maximum(m, 1e-3 * m.max())
+            out += [m, np.concatenate([[0.0], np.cumsum(self._segment(np.diff(g), m[:-1], m[1:]))])]
+        self._knots = tuple(tuple(a.tolist()) for a in out)  # tuples: the model stays comparable with ==
+
+    @staticmethod
+    def _segment(dg: np.ndarray, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+        """∫ dG/μ over a width dg where μ goes linearly from m0 to m1 (> 0): dg·ln(m1/m0)/(m1 − m0)."""
+        x = m1 / m0 - 1.0
+        small = np.abs(x) < 1e-6
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(small, 1.0 - 0.5 * x + x * x / 3.0, np.log1p(x) / np.where(small, 1.0, x))
+        return dg * f / m0
+
+    def _pulses_to(self, g_S: Any, down: bool) -> np.ndarray:
+        """P_s(G) = nominal pulses of polarity s from Gmin to G on the planning integral."""
+        g, m, p = (np.asarray(self._knots[i]) for i in (0, 3 if down else 1, 4 if down else 2))
+        x = np.clip(np.asarray(g_S, dtype=np.float64), self.g_min_S, self.g_max_S)
+        k = np.clip(np.searchsorted(g, x, side="right") - 1, 0, g.size - 2)
+        mx = np.interp(x, g, m)
+        return p[k] + self._segment(x - g[k], m[k], mx)
+
+    def pulse_maps(self, g_min_S: Any, g_max_S: Any, shape: Any = 1.0) -> tuple[PulseMap, PulseMap]:
+        raise NotImplementedError("a tabular device has no affine pulse map: the simulator runs it through "
+                                  "crossbar_sim.tabular; use step_S / pulses_between for planning")
+
+    def step_S(self, g_S: float) -> tuple[float, float]:
+        """(|μ_up(G)|, |μ_down(G)|): the mean |ΔG| of one nominal pulse up and down at ``g_S``."""
+        return (abs(float(np.interp(g_S, self.g_grid_S, self.dg_up_mean_S))),
+                abs(float(np.interp(g_S, self.g_grid_S, self.dg_down_mean_S))))
+
+    def pulses_between(self, g_from_S: np.ndarray | float, g_to_S: np.ndarray | float) -> np.ndarray:
+        """Signed nominal pulses from ``g_from_S`` to ``g_to_S``: P_up(G_to) − P_up(G_from) up,
+        P_down(G_to) − P_down(G_from) (negative) down, on the planning integral (class doc)."""
+        g0 = np.clip(np.asarray(g_from_S, dtype=np.float64), self.g_min_S, self.g_max_S)
+        g1 = np.clip(np.asarray(g_to_S, dtype=np.float64), self.g_min_S, self.g_max_S)
+        up = self._pulses_to(g1, False) - self._pulses_to(g0, False)
+        down = self._pulses_to(g1, True) - self._pulses_to(g0, True)
+        return np.where(g1 > g0, up, np.where(g1 < g0, down, 0.0))
+
+    def levels_up_down(self) -> tuple[float, float]:
+        return float(self._knots[2][-1]), float(self._knots[4][-1])
+
+
 DeviceConfig = Annotated[
-    Union[IdealDevice, NeuroSimExpDevice, SoftBoundsDevice, LinearStepDevice], Field(discriminator="model")
+    Union[IdealDevice, NeuroSimExpDevice, SoftBoundsDevice, LinearStepDevice, TabularDevice],
+    Field(discriminator="model"),
 ]
 
 DEVICE_MODELS: dict[str, type[_DeviceBase]] = {
@@ -244,6 +356,7 @@ DEVICE_MODELS: dict[str, type[_DeviceBase]] = {
     "neurosim-exp": NeuroSimExpDevice,
     "soft-bounds": SoftBoundsDevice,
     "linear-step": LinearStepDevice,
+    "tabular": TabularDevice,
 }
 
 # Presets. Each states its source.

@@ -98,4 +98,4 @@ def test_fit_refuses_data_it_cannot_fit() -> None:
     with pytest.raises(FitError, match="ltp-ltd"):
         fit_result(iv)
     with pytest.raises(FitError, match="unknown model"):
-        fit_result(flat, model="tabular")
+        fit_result(flat, model="no-such-model")

@@ -3,7 +3,8 @@
 State per tile: the conductance G (siemens, float64, rows × cols), initialised at each device's Gmin (stuck-at-max
 devices at Gmax), a float32 copy kept current by the write kernels (the read path multiplies it with BLAS) and,
 when read noise is on, a lazily rebuilt float32 G². Device parameters (d2d spread, stuck devices) are drawn once
-from the run seed at construction; see :mod:`crossbar_sim.device_arrays` and :mod:`crossbar_sim.kernels`.
+from the run seed at construction; see :mod:`crossbar_sim.device_arrays` and :mod:`crossbar_sim.kernels`
+(a ``tabular`` device: :mod:`crossbar_sim.tabular`, pulse by pulse, same keys and device streams).
 
 Randomness: one ``np.random.Generator(PCG64(SeedSequence(seed, spawn_key=(1,))))`` drives everything, in op order:
 the d2d/stuck draws of each tile at construction, then one 64-bit key per write operation (device streams are
@@ -38,7 +39,7 @@ from threadpoolctl import threadpool_limits
 
 from crossbar_ctl.backend import Backend, Capabilities
 from crossbar_ctl.config import RunConfig
-from crossbar_sim import kernels, readout
+from crossbar_sim import kernels, readout, tabular
 from crossbar_sim.device_arrays import DeviceArrays, make_device_arrays, pulse_scale
 
 SPAWN_KEY = (1,)
@@ -106,6 +107,10 @@ class SimBackend(Backend):
         self._rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=SPAWN_KEY))
         self._tiles = [_Tile(make_device_arrays(self.device, s, self._rng)) for s in shapes]
         self._pulse_cache: dict[tuple[float, float], tuple[float, float, float]] = {}
+        self._table: tabular.Table | None = None  # a tabular device runs through crossbar_sim.tabular
+        if self.device.model == "tabular":
+            tabular.ensure_fresh()
+            self._table = tabular.table_arrays(self.device)
         # The kernels run on Numba's threads; a multi-threaded BLAS beside them oversubscribes the cores and its
         # spinning workers slow every read several-fold (measured: 7.6 ms vs 0.13 ms per 64x785x200 read on 2
         # busy cores). BLAS is held to one thread while the simulator is open.
@@ -157,6 +162,12 @@ class SimBackend(Backend):
             rows_idx, cols_idx = p.nonzero()[0], q.nonzero()[0]
             if rows_idx.size == 0 or cols_idx.size == 0:
                 return
+        if self._table is not None:
+            fn = tabular.outer_par if rows_idx.size * cols_idx.size >= PARALLEL_MIN_OUTER else tabular.outer_ser
+            fn(t.g, t.g32, t.dev.par, *self._table, p, q, rows_idx, cols_idx, int(slots), int(mode), 0 if up else 1,
+               float(s), float(h), float(e_d), key)
+            t.written()
+            return
         lin = t.dev.linear_up if up else t.dev.linear_down
         fn = kernels.outer_par if rows_idx.size * cols_idx.size >= PARALLEL_MIN_OUTER else kernels.outer_ser
         tab = t.table(s, s, max(int(slots), self.limits.max_pulses_per_device))
@@ -210,7 +221,11 @@ class SimBackend(Backend):
         s_up, h_up, e_up = self._pulse(v_set_V, width_s)
         s_dn, h_dn, e_dn = self._pulse(v_reset_V, width_s)
         d = t.dev
-        if h_up > 0.0 or h_dn > 0.0:
+        if self._table is not None:
+            if s_up > 0.0 or s_dn > 0.0 or h_up > 0.0 or h_dn > 0.0:
+                fn = tabular.program_par if pulses.size >= PARALLEL_MIN_PROGRAM else tabular.program_ser
+                fn(t.g, t.g32, pulses, d.par, *self._table, s_up, s_dn, h_up, e_up, h_dn, e_dn, key)
+        elif h_up > 0.0 or h_dn > 0.0:
             kernels.program_disturb(t.g, t.g32, pulses, d.par, d.linear_up, d.linear_down, s_up, s_dn,
                                     h_up, e_up, h_dn, e_dn, self._sigma_c2c, key)
         elif s_up > 0.0 or s_dn > 0.0:
@@ -228,6 +243,12 @@ class SimBackend(Backend):
         q = np.zeros(t.g.shape[1])
         p[row] = q[col] = 1.0
         s, h, e_d = self._pulse(v_pulse_V, width_s)
+        if self._table is not None and h == 0.0:  # the same draws as the one-hot outer phase, without the scan
+            if s > 0.0:
+                tabular.pulse_cell(t.g, t.g32, t.dev.par, *self._table, row, col, 0 if v_pulse_V > 0 else 1,
+                                   int(count), float(s), key)
+                t.written()
+            return
         self._outer(tile, p, q, v_pulse_V > 0, count, False, s, h, e_d, key)
 
     def _describe(self) -> dict[str, Any]:

@@ -23,6 +23,9 @@ narrow (Gmax' − Gmin' < :data:`MIN_WINDOW`·(Gmax − Gmin), a hundredth of th
 before z'' is drawn (up to 64 rounds, after which Gmax' = Gmin' + MIN_WINDOW·(Gmax − Gmin)). One shape factor per
 device scales both polarities (A_p and A_d, or the step).
 
+A ``tabular`` device has no affine map: its a↑ and a↓ planes hold the shape factor f (b = 0) and
+:mod:`crossbar_sim.tabular` reads the table itself.
+
 Stuck devices (drawn after the spread, if either fraction is nonzero): u ~ U(0, 1) per device; u < f_min is stuck
 at its Gmin, f_min ≤ u < f_min + f_max is stuck at its Gmax. A stuck device starts at that value, its window
 collapses to it (g_min = g_max = the stuck value, hence no c2c noise) and a = b = 0, so every kernel leaves it
@@ -140,7 +143,10 @@ def make_device_arrays(device: _DeviceBase, shape: tuple[int, int], rng: np.rand
     par = np.zeros((N_PLANES, rows, cols))
     par[P_GMIN] = gmin
     par[P_GMAX] = gmax
-    (a_up, b_up, lin_up), (a_down, b_down, lin_down) = device.pulse_maps(gmin, gmax, f)
+    if getattr(device, "model", None) == "tabular":  # no affine map: planes a↑, a↓ hold f (crossbar_sim.tabular)
+        (a_up, b_up, lin_up), (a_down, b_down, lin_down) = (f, 0.0, True), (f, 0.0, True)
+    else:
+        (a_up, b_up, lin_up), (a_down, b_down, lin_down) = device.pulse_maps(gmin, gmax, f)
     par[P_A_UP], par[P_B_UP] = a_up, b_up
     par[P_A_DOWN], par[P_B_DOWN] = a_down, b_down
 

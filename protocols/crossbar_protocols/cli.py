@@ -5,7 +5,7 @@ The main command adds these with one call, ``add_protocol_parser(subparsers)``; 
 
     crossbar-ctl protocol list [NAME] [--json]
     crossbar-ctl protocol run NAME [--config RIG.toml] [--set key=value ...] [--cells SPEC] --out DIR [--dry-run]
-    crossbar-ctl protocol fit DIR [--model neurosim-exp] [--out device.toml]
+    crossbar-ctl protocol fit DIR [--model neurosim-exp|tabular] [--out device.toml]
 
 ``--set`` takes protocol parameters (``cycles=5``) and run-config keys (``device.sigma_c2c=0``,
 ``array.rows=8``): a key whose first part names a run-config section goes to the config.
@@ -108,11 +108,20 @@ def cmd_protocol_fit(args: argparse.Namespace) -> int:
     from crossbar_protocols.results import read_result
 
     res = read_result(args.dir)
-    report = fit_result(res, args.model, v_threshold_V=args.v_threshold)
+    extra = {"bins": args.bins} if args.model == "tabular" else {}
+    report = fit_result(res, args.model, v_threshold_V=args.v_threshold, **extra)
     out = args.out or Path(args.dir) / "device.toml"
     files = write_fit(report, out, args.dir, source=str(args.dir))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
+    elif args.model == "tabular":
+        d, q = report.device, report.quality
+        print(f"built a tabular device from {args.dir}: Gmin {d['g_min_S']:.4g} S, Gmax {d['g_max_S']:.4g} S, "
+              f"{q['bins']} bins, {q['cells_fitted']} cells, {q['transitions']} steps")
+        print(f"  standardised residual std {q['standardised_residual_std']:.3f}, mean-curve R² "
+              f"{q['r2_mean_curve']:.4f}; wrote {', '.join(str(f) for f in files)}")
+        for n in report.notes:
+            print(f"  note: {n}")
     else:
         d, q = report.device, report.quality
         print(f"fitted {args.model} to {args.dir}: Gmin {d['g_min_S']:.4g} S, Gmax {d['g_max_S']:.4g} S, "
@@ -154,7 +163,9 @@ def add_protocol_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     pf = sub.add_parser("fit", help="fit a device model to a protocol result and write a [device] TOML")
     pf.add_argument("dir", type=Path, metavar="DIR", help="result directory of an ltp-ltd run")
-    pf.add_argument("--model", default="neurosim-exp", choices=["neurosim-exp"], help="device model")
+    pf.add_argument("--model", default="neurosim-exp", choices=["neurosim-exp", "tabular"],
+                    help="device model: neurosim-exp (fitted curves) or tabular (measured ΔG statistics per G bin)")
+    pf.add_argument("--bins", type=int, default=16, help="tabular: G bins over [Gmin, Gmax] (default 16)")
     pf.add_argument("--out", "-o", type=Path, help="device TOML to write (default DIR/device.toml)")
     pf.add_argument("--v-threshold", type=float, metavar="V",
                     help="switching threshold (V) for converting pulse amplitudes (default: the rig config's)")

@@ -1,4 +1,5 @@
-"""Fit the ``neurosim-exp`` device model to ``ltp-ltd`` data, and write it as a ``[device]`` TOML section.
+"""Fit the ``neurosim-exp`` device model to ``ltp-ltd`` data, and write it as a ``[device]`` TOML section
+(``tabular``, measured ΔG statistics instead of a model: :mod:`crossbar_protocols.fit_tabular`).
 
 Model (see :class:`crossbar_ctl.devices.NeuroSimExpDevice`). In window units x = (G − Gmin)/(Gmax − Gmin) one
 nominal pulse of either polarity is an affine map with additive cycle-to-cycle noise, clipped to the window:
@@ -41,7 +42,7 @@ from crossbar_ctl.errors import CrossbarError
 from crossbar_protocols.base import ProtocolResult
 from crossbar_protocols.tobit import tobit_fit
 
-MODELS = ("neurosim-exp",)
+MODELS = ("neurosim-exp", "tabular")
 PMAX_CAP = 12.0  # Pmax in units of A when the data cannot place the curve's end (target beyond 1 − e^-12)
 
 
@@ -317,14 +318,19 @@ def _shape_factors(x0: np.ndarray, x1: np.ndarray, sp: np.ndarray, cellidx: np.n
     return f, var
 
 
-def fit_result(res: ProtocolResult, model: str = "neurosim-exp", **kw: Any) -> FitReport:
-    """Fit ``model`` (only ``neurosim-exp`` so far) to a protocol result."""
+def fit_result(res: ProtocolResult, model: str = "neurosim-exp", **kw: Any) -> Any:
+    """Fit ``model`` to a protocol result: ``neurosim-exp`` (a :class:`FitReport`) or ``tabular`` (a
+    :class:`crossbar_protocols.fit_tabular.TabularFitReport`, same interface)."""
     if model not in MODELS:
         raise FitError(f"unknown model {model!r}; fittable models: {', '.join(MODELS)}")
+    if model == "tabular":
+        from crossbar_protocols.fit_tabular import fit_tabular
+
+        return fit_tabular(res, **kw)
     return fit_neurosim_exp(res, **kw)
 
 
-def write_fit(report: FitReport, toml_path: str | Path, result_dir: str | Path | None = None,
+def write_fit(report: Any, toml_path: str | Path, result_dir: str | Path | None = None,
               source: str = "") -> list[Path]:
     """Write the [device] TOML (validated) and, with ``result_dir``, ``fit.json`` and ``fit.png`` there."""
     from crossbar_protocols.results import to_json
@@ -340,5 +346,6 @@ def write_fit(report: FitReport, toml_path: str | Path, result_dir: str | Path |
         written.append(d / "fit.json")
         from crossbar_protocols.fit_plot import plot_fit
 
-        written.append(plot_fit(report, d / "fit.png"))
+        plot = getattr(report, "plot", None)  # a report of another model draws its own figure
+        written.append(plot(d / "fit.png") if plot else plot_fit(report, d / "fit.png"))
     return written
