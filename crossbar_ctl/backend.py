@@ -24,6 +24,7 @@ import numpy as np
 
 from crossbar_ctl.config import RunConfig, config_from_dict, load_config
 from crossbar_ctl.errors import BackendError, LimitError
+from crossbar_ctl.pulse_counts import abs_peak_total
 from crossbar_ctl.safety import operation as _operation
 
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
@@ -202,14 +203,15 @@ class Backend(abc.ABC):
             raise ValueError(f"pulses must have shape {(rows, cols)} for tile {tile}, got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"pulses must be integer counts, got dtype {arr.dtype}")
-        if arr.size:
-            peak = int(np.abs(arr).max())
-            if peak > self.limits.max_pulses_per_device:
-                raise LimitError("max_pulses_per_device", peak, self.limits.max_pulses_per_device, "program")
+        counts = np.ascontiguousarray(arr, dtype=np.int32)
+        if counts.dtype != arr.dtype and counts.size and np.any(counts != arr):
+            raise ValueError("pulses do not fit in int32")
+        peak, total = abs_peak_total(counts)
+        if peak > self.limits.max_pulses_per_device:
+            raise LimitError("max_pulses_per_device", peak, self.limits.max_pulses_per_device, "program")
         vs, w = self._pulse_shape(1, v_set_V, width_s)
         vr, _ = self._pulse_shape(-1, v_reset_V, width_s)
-        counts = np.ascontiguousarray(arr, dtype=np.int32)
-        self._check_energy(float(np.abs(counts).sum()), max(vs, -vr), w, "program")
+        self._check_energy(float(total), max(vs, -vr), w, "program")
         self._program(tile, counts, vs, vr, w)
         self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
 

@@ -36,6 +36,9 @@ from crossbar_ctl.backend import Backend
 from crossbar_ctl.config import RunConfig
 from crossbar_ctl.decomposition.base import DenseUpdate, LowRankUpdate, Update
 from crossbar_ctl.errors import LimitError
+from crossbar_ctl.pulse_counts import abs_peak_total, add_abs, draw_key, round_counts, stochastic_round
+
+__all__ = ["Controller", "LayerMap", "OpCounts", "stochastic_round"]
 
 
 @dataclass
@@ -76,12 +79,6 @@ class OpCounts:
             "max_pulses_per_device": max(maxes) if maxes else 0.0,
             "mean_pulses_per_device": float(np.mean(means)) if means else 0.0,
         }
-
-
-def stochastic_round(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Unbiased rounding: ⌊x⌋ + 1 with probability x − ⌊x⌋ (E[result] = x)."""
-    lo = np.floor(x)
-    return (lo + (rng.random(x.shape) < (x - lo))).astype(np.int32)
 
 
 class Controller:
@@ -226,15 +223,20 @@ class Controller:
             g = self.backend.read_conductance(lay.tile)
         return float(np.sqrt(np.mean(((g[:n_in, :m] - g[:n_in, m : 2 * m]) / lay.g_scale_S - w) ** 2)))
 
-    def _program(self, lay: LayerMap, n: np.ndarray, what: str) -> None:
-        peak = int(np.abs(n).max()) if n.size else 0
+    def _program(self, lay: LayerMap, n: np.ndarray, what: str, stats: tuple[int, int, int] | None = None) -> None:
+        """Program the int32 counts ``n`` (tile shaped, nonzero only in the layer's block); ``stats`` = (peak,
+        total, nonzero rows) when the caller already has them."""
+        if stats is None:
+            peak, total = abs_peak_total(n)
+            rows_nz = int(np.count_nonzero(n.any(axis=1)))
+        else:
+            peak, total, rows_nz = stats
         v = max(abs(self.config.pulse.v_set_V), abs(self.config.pulse.v_reset_V))
-        self._check_pulses(peak, float(np.abs(n).sum()), v, what)
+        self._check_pulses(peak, float(total), v, what)
         self.backend.program(lay.tile, n)
-        absn = np.abs(n[: lay.n_in, : lay.n_out])
-        self.counts.per_device[lay.tile] += absn
-        self.counts.device_pulses += float(np.abs(n).sum())
-        self.counts.row_programs += int(np.count_nonzero(n.any(axis=1)))
+        add_abs(self.counts.per_device[lay.tile], n)
+        self.counts.device_pulses += float(total)
+        self.counts.row_programs += rows_nz
         self.counts.program_ops += 1
 
     # ------------------------------------------------------------------ updates
@@ -249,21 +251,16 @@ class Controller:
         else:
             raise TypeError(f"unknown update type {type(update).__name__}")
 
-    def pulses_for(self, lay: LayerMap, dw: np.ndarray) -> np.ndarray:
-        """Integer pulse counts for a desired weight change dw (stochastic or nearest rounding)."""
-        n = dw / lay.dw
-        if self.stochastic:
-            return stochastic_round(n, self.rng)
-        return np.rint(n).astype(np.int32)
-
     def _apply_dense(self, lay: LayerMap, g: np.ndarray, lr: float) -> None:
-        counts = self.pulses_for(lay, -lr * g)
-        if not counts.any():
-            return
+        """Program n = round(−lr·g/dw) (stochastic rounding, or to nearest with it off) in one pass."""
         rows, cols = self.backend.shape(lay.tile)
         n = np.zeros((rows, cols), dtype=np.int32)
-        n[: lay.n_in, : lay.n_out] = counts
-        self._program(lay, n, f"update of layer {lay.tile}")
+        key = draw_key(self.rng) if self.stochastic else np.uint64(0)
+        g2 = np.ascontiguousarray(g, dtype=np.float64)
+        stats = round_counts(g2, -lr / lay.dw, key, self.stochastic, n)
+        if stats[1] == 0:
+            return
+        self._program(lay, n, f"update of layer {lay.tile}", stats)
 
     def _apply_pair(self, lay: LayerMap, u: np.ndarray, v: np.ndarray, lr: float) -> None:
         # Δw = −lr·u vᵀ. Quadrant (sign u, sign v) with u_s·v_s > 0 lowers w (depression), < 0 raises it.
