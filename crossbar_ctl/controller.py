@@ -150,34 +150,34 @@ class Controller:
 
     # ------------------------------------------------------------------ reads
     def forward(self, layer: int, x: np.ndarray) -> np.ndarray:
-        """y = Wᵀx on the array for a batch x (B, n_in) (bias column included), by ``read_vmm``.
+        """y = Wᵀx on the array for a batch x (B, n_in) (bias column included), by ``read_vmm``; float32, the
+        precision of the reads.
 
         Each input vector is scaled to the DAC range (v = x·v_read/max|x|) and the output rescaled back."""
         lay = self.layers[layer]
         rows, cols = self.backend.shape(lay.tile)
-        scale = np.max(np.abs(x), axis=1, keepdims=True)
+        scale = np.maximum(x.max(axis=1, keepdims=True), -x.min(axis=1, keepdims=True)).astype(np.float32)
         scale[scale == 0] = 1.0
         v = np.zeros((x.shape[0], rows), dtype=np.float32)
-        v[:, : lay.n_in] = x * (self.v_read / scale)
-        i = np.asarray(self.backend.read_vmm(lay.tile, v), dtype=np.float64)
+        np.multiply(x, np.float32(self.v_read) / scale, out=v[:, : lay.n_in], casting="unsafe")
+        i = np.asarray(self.backend.read_vmm(lay.tile, v), dtype=np.float32)
         self.counts.reads += x.shape[0]
         m = lay.n_out
-        return (i[:, :m] - i[:, m : 2 * m]) * (scale / (lay.g_scale_S * self.v_read))
+        return (i[:, :m] - i[:, m : 2 * m]) * (scale / np.float32(lay.g_scale_S * self.v_read))
 
     def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
         """δ_in = W δ (B, n_in) on the array by ``read_vmm_t``: columns G+ driven at +v, G− at −v."""
         lay = self.layers[layer]
         rows, cols = self.backend.shape(lay.tile)
-        scale = np.max(np.abs(delta), axis=1, keepdims=True)
+        scale = np.maximum(delta.max(axis=1, keepdims=True), -delta.min(axis=1, keepdims=True)).astype(np.float32)
         scale[scale == 0] = 1.0
         m = lay.n_out
         v = np.zeros((delta.shape[0], cols), dtype=np.float32)
-        vd = delta * (self.v_read / scale)
-        v[:, :m] = vd
-        v[:, m : 2 * m] = -vd
-        i = np.asarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float64)
+        np.multiply(delta, np.float32(self.v_read) / scale, out=v[:, :m], casting="unsafe")
+        np.negative(v[:, :m], out=v[:, m : 2 * m])
+        i = np.asarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float32)
         self.counts.reads += delta.shape[0]
-        return i[:, : lay.n_in] * (scale / (lay.g_scale_S * self.v_read))
+        return i[:, : lay.n_in] * (scale / np.float32(lay.g_scale_S * self.v_read))
 
     def read_weights(self, layer: int) -> np.ndarray:
         """W (n_in, n_out) from a conductance read of the layer's devices."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crossbar_ctl.blas import wide
+
 from crossbar_ctl.errors import BackendError
 
 
@@ -42,9 +44,10 @@ def vmm(v: np.ndarray, g32: np.ndarray, g2: np.ndarray | None, sigma: float, rng
     read noise (needs ``g2`` = M² elementwise and ``rng``) and ADC. Returns float32 (batch, m), amperes."""
     if dac_bits:
         v = quantise(v, dac_bits, v_fs)
-    out = np.dot(v, g32)
-    if sigma > 0.0:
-        var = np.dot(v * v, g2)
+    with wide(2.0 * v.shape[0] * g32.shape[0] * g32.shape[1] * (2 if sigma > 0.0 else 1)):
+        out = np.dot(v, g32)
+        var = np.dot(v * v, g2) if sigma > 0.0 else None
+    if var is not None:
         std = np.sqrt(var, out=var)
         std *= np.float32(sigma)
         out += std * rng.standard_normal(out.shape, dtype=np.float32)

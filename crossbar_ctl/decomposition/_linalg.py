@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crossbar_ctl.blas import wide
+
 __all__ = ["add_outer", "orthonormalize_", "right_multiply_"]
 
 _CHUNK = 128
@@ -15,8 +17,9 @@ _CHUNK = 128
 def add_outer(acc: np.ndarray, A: np.ndarray, B: np.ndarray) -> None:
     """``acc += A^T @ B`` for ``A`` (b, n), ``B`` (b, m), ``acc`` (n, m); in row blocks."""
     n = acc.shape[0]
-    for i in range(0, n, _CHUNK):
-        acc[i : i + _CHUNK] += A[:, i : i + _CHUNK].T @ B
+    with wide(2.0 * A.shape[0] * n * B.shape[1]):
+        for i in range(0, n, _CHUNK):
+            acc[i : i + _CHUNK] += A[:, i : i + _CHUNK].T @ B
 
 
 def right_multiply_(A: np.ndarray, T: np.ndarray) -> None:

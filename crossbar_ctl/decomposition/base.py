@@ -108,12 +108,20 @@ def _append_rows(buf: np.ndarray | None, A: np.ndarray) -> np.ndarray:
 
 
 def _as_float_array(name: str, a: Any) -> np.ndarray:
+    """A C-contiguous float array: float32 stays float32 (the trainer's activations; matrix products then run
+    in single precision, as in the float reference), anything else becomes float64."""
     arr = np.asarray(a)
     if arr.dtype == np.bool_ or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
         raise ValueError(f"{name} must have a real float or integer dtype, got {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float64)
+    dtype = np.float32 if arr.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """No NaN or infinity in ``a`` (a finite sum proves it in one pass without a temporary)."""
+    return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
 
 
 class Compressor(ABC):
@@ -241,9 +249,9 @@ class Compressor(ABC):
             )
         if X.shape[0] != D.shape[0]:
             raise ValueError(f"{self.name}: x has {X.shape[0]} rows but delta has {D.shape[0]}")
-        if not np.isfinite(X).all():
+        if not _all_finite(X):
             raise ValueError(f"{self.name}: x contains NaN or inf")
-        if not np.isfinite(D).all():
+        if not _all_finite(D):
             raise ValueError(f"{self.name}: delta contains NaN or inf")
         return X, D
 
@@ -268,7 +276,7 @@ class Compressor(ABC):
 
     @abstractmethod
     def _consume(self, X: np.ndarray, D: np.ndarray) -> None:
-        """Accumulate validated float64 chunks ``X`` (b, N) and ``D`` (b, M), b >= 1."""
+        """Accumulate validated chunks ``X`` (b, N) and ``D`` (b, M), b >= 1 (float32 or float64)."""
 
     @abstractmethod
     def _finish(self, n: int) -> Update:

@@ -30,8 +30,9 @@ def he_init(sizes: list[tuple[int, int]], rng: np.random.Generator) -> list[np.n
 
 
 def with_bias(x: np.ndarray) -> np.ndarray:
-    """Append the constant bias input 1 to every row of x (B, n) -> (B, n+1)."""
-    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float64)
+    """Append the constant bias input 1 to every row of x (B, n) -> (B, n+1), float32 (the precision of the
+    array's DACs and of the float reference; the host's activations and deltas stay float32)."""
+    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=np.float32)
     out[:, :-1] = x
     out[:, -1] = 1.0
     return out
