@@ -40,6 +40,8 @@ from crossbar_ctl.pulse_counts import abs_peak_total, add_abs, draw_key, round_c
 
 __all__ = ["Controller", "LayerMap", "OpCounts", "stochastic_round"]
 
+FOLD = 64  # rank-seq phases per low-rank fold of the per-device pulse counts
+
 
 @dataclass
 class LayerMap:
@@ -54,7 +56,11 @@ class LayerMap:
 
 @dataclass
 class OpCounts:
-    """What the hardware spent: array operations and device pulses (expected counts for rank-seq)."""
+    """What the hardware spent: array operations and device pulses (expected counts for rank-seq).
+
+    Rank-seq phases add slots·p_i·q_j to every device: a rank-1 term. They are kept as columns of a low-rank
+    buffer per layer and folded into ``per_device`` with one matrix product every :data:`FOLD` phases (and before
+    anyone reads it: use :meth:`per_device_counts`), instead of an N×M outer product per phase."""
 
     reads: int = 0  # vectors read (forward and transpose)
     phases: int = 0  # outer_pulse phases
@@ -62,14 +68,36 @@ class OpCounts:
     program_ops: int = 0
     device_pulses: float = 0.0
     per_device: list[np.ndarray] = field(default_factory=list)
+    _pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
 
     @property
     def array_ops(self) -> int:
         return self.reads + self.phases + self.row_programs
 
+    def add_rank1(self, layer: int, a: np.ndarray, b: np.ndarray, times: int = 1) -> None:
+        """per_device[layer] += times·a bᵀ (deferred)."""
+        pend = self._pending.setdefault(layer, [])
+        pend.append((a * times, b))
+        if len(pend) >= FOLD:
+            self._fold(layer)
+
+    def _fold(self, layer: int) -> None:
+        pend = self._pending.pop(layer, [])
+        if pend:
+            A = np.stack([a for a, _ in pend], axis=1)
+            B = np.stack([b for _, b in pend], axis=1)
+            self.per_device[layer] += A @ B.T
+
+    def per_device_counts(self) -> list[np.ndarray]:
+        """Pulses per device of every layer, with the deferred rank-seq terms folded in."""
+        for layer in list(self._pending):
+            self._fold(layer)
+        return self.per_device
+
     def summary(self) -> dict[str, float]:
-        maxes = [float(p.max()) for p in self.per_device if p.size]
-        means = [float(p.mean()) for p in self.per_device if p.size]
+        per_device = self.per_device_counts()
+        maxes = [float(p.max()) for p in per_device if p.size]
+        means = [float(p.mean()) for p in per_device if p.size]
         return {
             "array_ops": self.array_ops,
             "reads": self.reads,
@@ -291,13 +319,19 @@ class Controller:
         p[: lay.n_in] = a * (s / amax)
         q[: lay.n_out] = b * (s / bmax)
         v = self.config.pulse.v_set_V if polarity > 0 else abs(self.config.pulse.v_reset_V)
-        expected = self.slots * np.outer(p[: lay.n_in], q[: lay.n_out])
-        if self.outer_mode == "nearest":  # deterministic counts: what the device really gets
-            expected = np.floor(expected + 0.5)
-        total = float(expected.sum())
+        pa, qb = p[: lay.n_in], q[: lay.n_out]
+        if self.outer_mode == "nearest":  # deterministic counts: what the device really gets (not rank 1)
+            expected = np.floor(self.slots * np.outer(pa, qb) + 0.5)
+            total = float(expected.sum())
+        else:
+            expected = None
+            total = self.slots * float(pa.sum()) * float(qb.sum())
         self._check_pulses(self.slots, total, v, f"rank-seq phase on tile {lay.tile}")
         for _ in range(n_phases):
             self.backend.outer_pulse(lay.tile, p, q, polarity, self.slots, mode=self.outer_mode)
             self.counts.phases += 1
             self.counts.device_pulses += total
-            self.counts.per_device[lay.tile] += expected
+            if expected is None:
+                self.counts.add_rank1(lay.tile, self.slots * pa, qb)
+            else:
+                self.counts.per_device[lay.tile] += expected

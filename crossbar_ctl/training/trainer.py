@@ -257,7 +257,7 @@ class Trainer:
         arrays: dict[str, np.ndarray] = {}
         for l, comp in enumerate(self.compressors):
             flatten_state(f"compressor{l}", comp.state_dict(), arrays)
-        for l, pd in enumerate(self.controller.counts.per_device):
+        for l, pd in enumerate(self.controller.counts.per_device_counts()):
             arrays[f"pulses{l}"] = pd
         if hasattr(self.backend, "get_state"):
             flatten_state("backend", self.backend.get_state(), arrays)
