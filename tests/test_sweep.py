@@ -176,3 +176,23 @@ def test_cli_parsers(tmp_path: Path) -> None:
     assert a.float_ceiling == 0.93 and a.func.__name__ == "cmd_report"
     with pytest.raises(SystemExit):
         parser.parse_args(["sweep", "s.toml", "--out", "x", "--workers", "2", "--scheduler", "tcp://h:1"])
+
+
+def test_sweep_runs_on_an_existing_scheduler_and_leaves_it_running(tmp_path: Path) -> None:
+    """--scheduler ADDRESS: the points run on that cluster's workers, results land in the sweep directory, and
+    the cluster (not the sweep's to close) is still serving afterwards."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster
+
+    spec = load_sweep(write(tmp_path / "s.toml", 'name = "s"\nseeds = [0]\n' + BASE + '\n[axes]\n"training.method" = ["mbgd"]\n'))
+    points = expand_points(spec)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=dict(runner.WORKER_ENV),
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        summary = run_sweep(spec, points, tmp_path / "out", scheduler=cluster.scheduler_address, progress=False,
+                            echo=lambda s: None)
+        assert summary.done == [p.name for p in points] and not summary.failed
+        res = json.loads((tmp_path / "out" / points[0].name / "results.json").read_text())
+        assert res["complete"] and 0.0 <= res["final_test_accuracy"] <= 1.0
+        with Client(cluster.scheduler_address) as c:  # still there
+            assert len(c.scheduler_info()["workers"]) == 1
