@@ -95,6 +95,7 @@ class TrainingSection(_Section):
     epochs: int = Field(10, ge=1, description="training epochs")
     batch_size: int = Field(64, ge=1, description="samples per update (1 for sgd)")
     learning_rate: float = Field(0.1, gt=0, description="learning rate (weight units per unit gradient)")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="learning rate factor per epoch: epoch e uses learning_rate * lr_decay^e")
     method: Literal["sgd", "mbgd", "svd", "streaming-pca", "nmf"] = Field("mbgd", description="gradient compressor")
     rank: int = Field(4, ge=1, description="rank k of the decomposition (svd, streaming-pca, nmf)")
     passes: int = Field(

@@ -108,3 +108,20 @@ def test_no_stochastic_rounding_shows_vanishing_updates(method: str, mode: str) 
     off = Trainer(small("training.stochastic_rounding=false", *kw), None, progress=False).run()
     assert off["device_pulses"] < 0.5 * on["device_pulses"]
     assert on["final_test_accuracy"] > off["final_test_accuracy"] + 0.05
+
+
+def test_lr_decay_scales_every_update_of_epoch_e_by_decay_to_the_e(mocker) -> None:
+    cfg = load_config(None, [*SMALL[:2], "training.limit_train=128", "training.epochs=3", "logging.progress=false",
+                             "training.learning_rate=0.4", "training.lr_decay=0.5", "training.batch_size=64"])
+    tr = Trainer(cfg, None, progress=False)
+    spy = mocker.spy(tr.controller, "apply_update")
+    tr.run()
+    lrs = [c.args[2] for c in spy.call_args_list]
+    assert lrs == [0.4] * 4 + [0.2] * 4 + [0.1] * 4  # 2 batches x 2 layers per epoch
+
+
+def test_lr_decay_out_of_range_is_refused_naming_the_key() -> None:
+    from crossbar_ctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[training\]\.lr_decay"):
+        load_config(None, ["training.lr_decay=1.5"])

@@ -173,6 +173,7 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=len(x), desc=f"epoch {epoch + 1}/{t.epochs}", unit="sample", leave=False)
+        lr = t.learning_rate * t.lr_decay ** epoch
         loss_sum, correct, seen = 0.0, 0, 0
         log_s = self.oplog.busy_s if self.oplog is not None else 0.0
         start = time.perf_counter()
@@ -182,7 +183,7 @@ class Trainer:
             for l, comp in enumerate(self.compressors):
                 comp.start_batch()
                 comp.consume(res.inputs[l], res.deltas[l])
-                self.controller.apply_update(l, comp.finish_batch(), t.learning_rate, t.mode)
+                self.controller.apply_update(l, comp.finish_batch(), lr, t.mode)
             if self.oplog is not None:
                 self.oplog.flush(OPLOG_BATCH_FLUSH_S)  # nothing to do with op_log_flush = "op"
             loss_sum += res.loss * len(idx)
