@@ -91,6 +91,8 @@ class TrainingSection(_Section):
     data_dir: str | None = Field(None, description="directory of MNIST-format IDX files instead of the bundled set")
     limit_train: int | None = Field(None, ge=1, description="use only the first n training images")
     limit_test: int | None = Field(None, ge=1, description="use only the first n test images")
+    pool_px: Literal[1, 2, 4, 7, 14] = Field(
+        1, description="average-pool the 28x28 images over p x p blocks: (28/p)^2 inputs (7: 16 inputs, for small rigs)")
     hidden: list[int] = Field([100], description="hidden layer widths (784-100-10 by default)")
     epochs: int = Field(10, ge=1, description="training epochs")
     batch_size: int = Field(64, ge=1, description="samples per update (1 for sgd)")

@@ -205,7 +205,8 @@ def dry_run(cfg: RunConfig, op_time_s: dict[str, float] | None = None) -> DryRun
         out.errors.append(f"training.method = 'sgd' needs training.batch_size = 1 (got {t.batch_size})")
     _check_backend(cfg, out)
     try:
-        data = load_dataset(t.dataset, data_dir=t.data_dir, limit_train=t.limit_train, limit_test=t.limit_test)
+        data = load_dataset(t.dataset, data_dir=t.data_dir, limit_train=t.limit_train, limit_test=t.limit_test,
+                            pool_px=t.pool_px)
     except (OSError, ValueError) as err:
         out.errors.append(f"data set {t.dataset!r}: {err}")
         return out

@@ -42,9 +42,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def holds_network(cfg: RunConfig) -> bool:
-    """Whether the rig's tiles can hold its [training] MLP (784 inputs, the hidden widths, 10 outputs): layer l
+    """Whether the rig's tiles can hold its [training] MLP ((28/pool_px)² inputs, the hidden widths, 10 outputs): layer l
     needs n_in + 1 rows and 2 n_out columns (differential pairs) on tile l."""
-    sizes = [784, *cfg.training.hidden, 10]
+    sizes = [(28 // cfg.training.pool_px) ** 2, *cfg.training.hidden, 10]
     shapes = cfg.array.shapes()
     return len(shapes) >= len(sizes) - 1 and all(
         r >= n_in + 1 and c >= 2 * n_out for (r, c), n_in, n_out in zip(shapes, sizes[:-1], sizes[1:]))

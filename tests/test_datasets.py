@@ -329,3 +329,15 @@ def test_corrupt_file_in_data_dir_surfaces_idx_error(tmp_path: Path) -> None:
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")
     with pytest.raises(IDXFormatError, match=r"train-images-idx3-ubyte\.gz: name ends in \.gz but"):
         load_dataset(data_dir=tmp_path)
+
+
+def test_pooled_images_are_block_means(bundled: Dataset) -> None:
+    from crossbar_ctl.datasets import load_dataset
+
+    small = load_dataset(limit_train=5, limit_test=3, pool_px=7)
+    assert small.x_train.shape == (5, 16) and small.x_test.shape == (3, 16) and small.x_train.dtype == np.float32
+    img = bundled.x_train[2].reshape(28, 28)
+    np.testing.assert_allclose(small.x_train[2].reshape(4, 4)[1, 3], img[7:14, 21:28].mean(), rtol=1e-6)
+    np.testing.assert_array_equal(small.y_train, bundled.y_train[:5])
+    with pytest.raises(ValueError, match="pool factor must divide 28"):
+        bundled.pooled(5)

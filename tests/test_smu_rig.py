@@ -270,3 +270,31 @@ def test_the_fixed_source_range_makes_the_smu_itself_refuse_levels_beyond_the_li
     assert rig.smu["smua"]["levelv"] == 0.0 and smu.errors[-1][0] == 1102
     smu.errors.clear()
     b.close()
+
+
+def test_a_small_training_run_on_the_rig_learns_and_leaves_it_safe(caplog: pytest.LogCaptureFixture) -> None:
+    """784 inputs do not fit a switch matrix; pooled 7x7 (4x4 = 16 inputs), a 16-8-10 MLP needs 17x16 and 9x20
+    devices: 62 matrix pins. Every read is composed device by device; the run learns above chance (10 %) and the
+    trainer warns with the rig's estimated duration."""
+    from crossbar_ctl.training.trainer import Trainer
+
+    config = config_from_dict({
+        "seed": 1,
+        "backend": {"kind": "smu-matrix", "address": "TCPIP::smu::5025::SOCKET"},
+        "array": {"tiles": 2, "rows": [17, 9], "cols": [16, 20]},
+        "device": {"preset": "ideal", "width_ref_s": 1e-4},
+        "pulse": {"width_s": 1e-4},
+        "limits": {"compliance_current_A": 1e-5},
+        "training": {"pool_px": 7, "hidden": [8], "limit_train": 300, "limit_test": 200, "epochs": 2,
+                     "batch_size": 30, "learning_rate": 0.1},
+        "logging": {"progress": False, "op_log": False},
+        "smu_matrix": {"matrix_address": "TCPIP::mx::5025::SOCKET",
+                       "row_pins": [["1:01-1:12", "2:01-2:05"], ["5:01-5:09"]],
+                       "col_pins": [["2:06-2:12", "3:01-3:09"], ["3:10-3:12", "4:01-4:12", "6:01-6:05"]]},
+    })
+    b, rig = loopback_rig(config)
+    with caplog.at_level("WARNING"), b:
+        res = Trainer(config, None, backend=b, progress=False).run()
+    assert res["complete"] and res["final_test_accuracy"] >= 0.2, res["epochs"]
+    assert any("'smu-matrix' is slow; it composes read_vmm and outer_pulse" in r.getMessage() for r in caplog.records)
+    assert rig.hazards == [] and rig.is_safe and rig.pulses_applied > 0

@@ -52,6 +52,8 @@ class Rig:
         self.smu: dict[str, dict[str, Any]] = {}
         self.hazards: list[str] = []
         self.pulses_applied = 0
+        self._version = 0  # bumped by every change of relays or SMU state (the cached voltages depend on it)
+        self._cached: tuple[int, list[tuple[int, int, int, float]]] | None = None
         self._lines: dict[tuple[int, int], tuple[int, str, int]] = {}  # pin -> (tile, "row"|"col", index)
         for t in range(len(config.array.shapes())):
             rows, cols = self.wiring.pins(t)
@@ -80,7 +82,14 @@ class Rig:
                 out[line] = level
         return out
 
+    def touch(self) -> None:
+        """Relays or SMU state changed: forget the cached device voltages."""
+        self._version += 1
+
     def device_voltages(self, override: tuple[str, float] | None = None) -> list[tuple[int, int, int, float]]:
+        """(tile, row, col, V_row − V_col) of every device with both lines at a defined, different potential."""
+        if override is None and self._cached is not None and self._cached[0] == self._version:
+            return self._cached[1]
         pot = self.line_potentials(override)
         out = []
         for (t, kind, i), vr in pot.items():
@@ -89,22 +98,34 @@ class Rig:
             for (t2, kind2, j), vc in pot.items():
                 if t2 == t and kind2 == "col" and vr != vc:
                     out.append((t, i, j, vr - vc))
+        if override is None:
+            self._cached = (self._version, out)
         return out
 
     # ----------------------------------------------------------------- physics
-    def current_out(self, ch: str) -> float:
-        """Current out of ``ch``'s HI terminal (A)."""
+    def current_out(self, ch: str, noisy: bool = True) -> float:
+        """Current out of ``ch``'s HI terminal (A): each device on a line ``ch`` reaches read through the
+        simulator's ``read_cell`` (read noise included), or, with ``noisy=False``, the noise-free G·v (what the
+        SMU's compliance circuit sees)."""
         w = self.wiring
         mrow = w.drive_row if ch == w.drive_smu else w.sense_row
         pins = {(int(c[0]), int(c[2:])) for c in self.closed if c[1] == mrow}
         reached = {self._lines[p] for p in pins if p in self._lines}
         total = 0.0
+        g_true: dict[int, np.ndarray] = {}
         for t, i, j, v in self.device_voltages():
-            i_dev = self.dut.read_cell(t, i, j, v) if abs(v) <= self.dut.limits.max_voltage_V else np.inf
-            if (t, "row", i) in reached:
-                total += i_dev
-            if (t, "col", j) in reached:
-                total -= i_dev
+            sign = ((t, "row", i) in reached) - ((t, "col", j) in reached)
+            if not sign:
+                continue
+            if abs(v) > self.dut.limits.max_voltage_V:
+                return float("inf")
+            if noisy:
+                i_dev = self.dut.read_cell(t, i, j, v)
+            else:
+                if t not in g_true:
+                    g_true[t] = self.dut.true_conductance(t)
+                i_dev = float(g_true[t][i, j]) * v
+            total += sign * i_dev
         return total
 
     def pulse(self, ch: str, level: float, width_s: float, count: int) -> None:
@@ -136,6 +157,7 @@ class Rig:
             if len(rows) > 1:
                 self.hazards.append(f"matrix rows {''.join(sorted(rows))} shorted together on pin {pin}")
         self.closed = new
+        self.touch()
 
     @property
     def is_safe(self) -> bool:
@@ -146,6 +168,7 @@ class Rig:
             s["levelv"] = 0.0
             s["output"] = False
         self.closed = set()
+        self.touch()
 
 
 class _TspInstrument:
@@ -231,6 +254,7 @@ class EmulatedSmu(_TspInstrument):
         self._reset()
 
     def _reset(self) -> None:
+        self.rig.touch()
         for ch in ("smua", "smub"):
             self.rig.smu[ch] = {"func": 1.0, "levelv": 0.0, "limiti": 1e-4, "output": False, "nplc": 1.0,
                                 "rangev": 200.0,
@@ -263,12 +287,17 @@ class EmulatedSmu(_TspInstrument):
         if rest == "source.output":
             return 1.0 if s["output"] else 0.0
         if rest == "source.compliance":
-            return bool(s["output"]) and abs(self.rig.current_out(ch)) > s["limiti"]
+            return bool(s["output"]) and abs(self.rig.current_out(ch, noisy=False)) > s["limiti"]
         if rest.startswith("source.") and rest[7:] in s:
             return s[rest[7:]]
         raise TspError(-286, f"TSP Runtime error at line 1: attempt to index unknown '{path}'")
 
     def set(self, path: str, value: Any) -> None:
+        self.rig.touch()
+        self._set(path, value)
+        self.rig.touch()
+
+    def _set(self, path: str, value: Any) -> None:
         if path.startswith("trigger.timer[1]."):
             key = path.split(".", 2)[2]
             if key not in self.timer:

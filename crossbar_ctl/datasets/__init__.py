@@ -39,13 +39,14 @@ def load_dataset(
     data_dir: str | Path | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    pool_px: int = 1,
 ) -> Dataset:
     """Load a data set by name (case-insensitive).
 
     "mnist" with ``data_dir=None`` is the bundled subset; with ``data_dir`` it is read from
     the four standard IDX files there. "fashion-mnist" uses the same format and needs
-    ``data_dir``. ``limit_train`` / ``limit_test`` keep the first n examples of each split.
-    Raises ValueError for an unknown name.
+    ``data_dir``. ``limit_train`` / ``limit_test`` keep the first n examples of each split;
+    ``pool_px`` average-pools the images (:meth:`Dataset.pooled`). Raises ValueError for an unknown name.
     """
     key = name.strip().lower()
     if key not in KNOWN_DATASETS:
@@ -55,4 +56,4 @@ def load_dataset(
             "dataset 'fashion-mnist' is not bundled; pass data_dir pointing to a directory "
             "with its four IDX files"
         )
-    return load_mnist(data_dir, limit_train=limit_train, limit_test=limit_test)
+    return load_mnist(data_dir, limit_train=limit_train, limit_test=limit_test).pooled(pool_px)

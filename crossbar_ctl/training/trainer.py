@@ -71,7 +71,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = config.logging.progress if progress is None else progress
         self.data = load_dataset(t.dataset, data_dir=t.data_dir, limit_train=t.limit_train,
-                                 limit_test=t.limit_test)
+                                 limit_test=t.limit_test, pool_px=t.pool_px)
         self.sizes = layer_sizes(self.data.x_train.shape[1], list(t.hidden), 10)
         self._own_backend = backend is None
         self.backend = backend if backend is not None else connect(config)
