@@ -311,7 +311,8 @@ class Backend(abc.ABC):
 
     def _check_voltages(self, v: np.ndarray, n: int, name: str) -> tuple[np.ndarray, bool]:
         arr = np.asarray(v)
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype != np.float32 and not (np.issubdtype(arr.dtype, np.floating)
+                                            or np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"{name} must be a real array of volts, got dtype {arr.dtype}")
         one = arr.ndim == 1
         if one:
@@ -320,7 +321,7 @@ class Backend(abc.ABC):
             raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.size:
-            peak = float(np.maximum(arr.max(), -arr.min()))  # NaN propagates
+            peak = max(float(arr.max()), -float(arr.min()))  # numpy's max is NaN if any element is: NaN stays
             if not np.isfinite(peak):
                 raise ValueError(f"{name} contains NaN or infinity")
             if peak > self.limits.max_voltage_V:

@@ -36,12 +36,26 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-@contextmanager
-def wide(flops: float) -> Iterator[None]:
+class _Narrow:
+    """A no-op context manager (small products: entering ``wide`` must cost next to nothing)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NARROW = _Narrow()
+
+
+def wide(flops: float) -> Any:
     """Run the block with BLAS on every core if the product costs at least WIDE_MIN_FLOPS; else unchanged."""
-    if flops < WIDE_MIN_FLOPS:
-        yield
-        return
+    return _NARROW if flops < WIDE_MIN_FLOPS else _wide()
+
+
+@contextmanager
+def _wide() -> Iterator[None]:
     libs = _blas()
     before = [lc.get_num_threads() for lc in libs]
     n = cores()
