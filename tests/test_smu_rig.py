@@ -298,3 +298,42 @@ def test_a_small_training_run_on_the_rig_learns_and_leaves_it_safe(caplog: pytes
     assert res["complete"] and res["final_test_accuracy"] >= 0.2, res["epochs"]
     assert any("'smu-matrix' is slow; it composes read_vmm and outer_pulse" in r.getMessage() for r in caplog.records)
     assert rig.hazards == [] and rig.is_safe and rig.pulses_applied > 0
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_middle_of_a_protocol_leaves_the_rig_ramped_down_off_and_open(sig: str, tmp_path) -> None:
+    """``crossbar-ctl protocol run ltp-ltd`` against the emulated rig over TCP (pyvisa-py), signalled while it
+    pulses: the operation in flight completes, the column level is ramped back, both outputs go off and every
+    relay opens before the process exits; the instruments themselves never make anything safe."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from crossbar_ctl.config import dump_toml
+    from crossbar_instruments.launch import child_env, with_address
+    from crossbar_instruments.smu_rig import EmulatedRig
+
+    config = cfg(backend={**BASE["backend"], "timeout_s": 10.0})
+    with EmulatedRig(config).start() as emu:
+        run_cfg = tmp_path / "rig.toml"
+        run_cfg.write_text(dump_toml(with_address(config, "smu-matrix", emu.address)))
+        proc = subprocess.Popen([sys.executable, "-m", "crossbar_ctl.cli", "protocol", "run", "ltp-ltd", "--config",
+                                 str(run_cfg), "--set", "width_s=1e-4", "--set", "cycles=50", "--cells", "0:*:*",
+                                 "--out", str(tmp_path / "out")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+        try:
+            deadline = time.monotonic() + 60
+            while emu.rig.pulses_applied < 50 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(getattr(signal, sig))
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == (130 if sig == "SIGINT" else 128 + signal.SIGTERM), err
+        assert f"{sig}: stopping" in err
+        rig = emu.rig
+        assert rig.is_safe and rig.hazards == [] and all(s["levelv"] == 0.0 for s in rig.smu.values())
+        assert emu.smu.safe_events == [] and emu.matrix.safe_events == []  # the client did it, not a shutdown

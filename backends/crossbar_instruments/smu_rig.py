@@ -25,7 +25,7 @@ import numpy as np
 
 from crossbar_ctl.config import MATRIX_COLUMNS, MATRIX_ROWS, RunConfig, SmuMatrixSection, config_from_dict, config_to_dict
 from crossbar_ctl.errors import ProtocolError
-from crossbar_instruments.tsp_interp import TspError, format_value, run_line
+from crossbar_instruments.tsp_interp import TspError, run_line
 
 SMU_IDN = "Keithley Instruments Inc., Model 2602B, EMULATED, 3.3.5"
 MATRIX_IDN = "Keithley Instruments Inc., Model 707B, EMULATED, 1.4.1"
@@ -423,17 +423,48 @@ class EmulatedMatrix(_TspInstrument):
         return super().call(path, args)
 
 
-def serve_rig(config: RunConfig, host: str = "127.0.0.1", smu_port: int = 0, matrix_port: int = 0,
-              on_ready: Any = None) -> int:
+class EmulatedRig:
+    """The SMU and the matrix of one :class:`Rig`, each on its own TCP port, served in background threads::
+
+        with EmulatedRig(config).start() as emu:   # emu.address is "<SMU resource> <matrix resource>"
+            ...                                   # emu.rig is the shared state (hazards, is_safe, dut)
+    """
+
+    def __init__(self, config: RunConfig, host: str = "127.0.0.1", smu_port: int = 0, matrix_port: int = 0) -> None:
+        from crossbar_instruments.emulator import TcpEmulator
+
+        self.rig = Rig(config)
+        self.smu, self.matrix = EmulatedSmu(self.rig), EmulatedMatrix(self.rig)
+        self.servers = [TcpEmulator(config, host, smu_port, tester=self.smu),
+                        TcpEmulator(config, host, matrix_port, tester=self.matrix)]
+
+    @property
+    def address(self) -> str:
+        return f"{self.servers[0].address} {self.servers[1].address}"
+
+    def start(self) -> "EmulatedRig":
+        for s in self.servers:
+            s.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; the instruments are then switched off (as an operator would)."""
+        for s in self.servers:
+            s.stop()
+
+    def __enter__(self) -> "EmulatedRig":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_rig(config: RunConfig, host: str = "127.0.0.1", smu_port: int = 0, matrix_port: int = 0) -> int:
     """``crossbar-ctl emulate --rig smu-matrix``: serve the SMU and the matrix on two TCP ports until
     SIGINT/SIGTERM; prints ``<SMU resource> <matrix resource>`` on stdout. Returns 0 if no hazard occurred."""
     import signal
 
-    from crossbar_instruments.emulator import TcpEmulator
-
-    rig = Rig(config)
-    smu, matrix = EmulatedSmu(rig), EmulatedMatrix(rig)
-    servers = [TcpEmulator(config, host, smu_port, tester=smu), TcpEmulator(config, host, matrix_port, tester=matrix)]
+    emu = EmulatedRig(config, host, smu_port, matrix_port)
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()
     old = {}
@@ -441,22 +472,20 @@ def serve_rig(config: RunConfig, host: str = "127.0.0.1", smu_port: int = 0, mat
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        for s in servers:
-            s.start()
-        print(f"{servers[0].address} {servers[1].address}", flush=True)
+        emu.start()
+        print(emu.address, flush=True)
         while not stop.wait(0.05):
             pass
     finally:
-        for s in servers:
-            s.stop()
+        emu.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
-    state = "outputs off, relays open, array left in its safe state"
-    events = "; ".join(smu.safe_events + matrix.safe_events) or "left safe by the client"
-    print(f"crossbar-ctl emulate: smu-matrix rig stopped ({events}); {state}; {rig.pulses_applied} device pulses; "
-          f"hazards: {len(rig.hazards)}" + "".join(f"\n  hazard: {h}" for h in rig.hazards),
-          file=sys.stderr, flush=True)
+    rig = emu.rig
+    events = "; ".join(emu.smu.safe_events + emu.matrix.safe_events) or "left safe by the client"
+    print(f"crossbar-ctl emulate: smu-matrix rig stopped ({events}); outputs off, relays open, array left in its "
+          f"safe state; {rig.pulses_applied} device pulses; hazards: {len(rig.hazards)}"
+          + "".join(f"\n  hazard: {h}" for h in rig.hazards), file=sys.stderr, flush=True)
     return 1 if rig.hazards else 0
 
 
-__all__ = ["Rig", "EmulatedSmu", "EmulatedMatrix", "serve_rig", "format_value"]
+__all__ = ["Rig", "EmulatedSmu", "EmulatedMatrix", "EmulatedRig", "serve_rig"]

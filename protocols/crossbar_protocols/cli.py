@@ -91,8 +91,16 @@ def cmd_protocol_run(args: argparse.Namespace) -> int:
                   + ", ".join(f"{k} {v}" for k, v in est["ops"].items())
                   + f"; about {est['duration_s']:.3g} s (of which waiting {est['wait_s']:.3g} s)")
         return 0 if report["ok"] else 2
+    from crossbar_ctl.safety import stop_signals_raise
+
     out = args.out or Path("runs") / time.strftime(f"protocol-{proto.name}-%Y%m%d-%H%M%S")
-    res = run_protocol(proto, cfg, args.cells, out, progress=not args.quiet, plots=not args.no_plots)
+    try:  # SIGINT/SIGTERM: finish the operation in flight, then the runner closes the backend in its safe state
+        with stop_signals_raise():
+            res = run_protocol(proto, cfg, args.cells, out, progress=not args.quiet, plots=not args.no_plots)
+    except (KeyboardInterrupt, SystemExit):
+        print(f"crossbar-ctl: protocol {proto.name} stopped; the backend was closed in its safe state; the "
+              f"operations applied so far are in {out / 'oplog.h5'}", file=sys.stderr, flush=True)
+        raise
     short = {k: v for k, v in res.summary.items() if not (isinstance(v, list) and len(v) > 8)}
     if args.json:
         print(json.dumps({"out": str(out), "summary": short}, indent=2, default=str))
