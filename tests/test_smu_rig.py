@@ -7,7 +7,8 @@ import pytest
 
 from crossbar_ctl.config import config_from_dict
 from crossbar_ctl.errors import InstrumentError
-from crossbar_instruments.smu_rig import EmulatedMatrix, EmulatedSmu, Rig
+from crossbar_instruments.smu_rig import Rig
+from crossbar_instruments.tsp_instruments import EmulatedMatrix, EmulatedSmu
 from crossbar_instruments.testing import loopback_rig
 from crossbar_instruments.tsp_interp import TspError, run_line, tokenize
 from crossbar_sim.backend import SimBackend

@@ -148,7 +148,8 @@ class LoopbackTransport(ScriptedTransport):
 def loopback_rig(config: RunConfig) -> tuple[Any, Any]:
     """An ``smu-matrix`` backend on the emulated rig in this process: returns (backend, rig)."""
     from crossbar_instruments.smu_matrix import SmuMatrixBackend
-    from crossbar_instruments.smu_rig import EmulatedMatrix, EmulatedSmu, Rig
+    from crossbar_instruments.smu_rig import Rig
+    from crossbar_instruments.tsp_instruments import EmulatedMatrix, EmulatedSmu
 
     rig = Rig(config)
     smu, matrix = LoopbackTransport(EmulatedSmu(rig)), LoopbackTransport(EmulatedMatrix(rig))

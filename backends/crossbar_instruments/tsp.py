@@ -1,6 +1,6 @@
 """The TSP command lines the ``smu-matrix`` backend sends (Keithley 2600B SMU, 707B/708B switch matrix), and the
 parsers of their replies. One place for the grammar: the driver builds its lines here and the emulated rig
-(:mod:`crossbar_instruments.smu_rig`) is tested against exactly these lines. ``hil/PROTOCOL.md`` lists them.
+(:mod:`crossbar_instruments.tsp_instruments`) is tested against exactly these lines. ``hil/PROTOCOL.md`` lists them.
 
 Every line that changes state ends with ``print(errorqueue.count)``, so that each exchange is a query: the reply
 both paces the host (the instrument has finished the line) and says whether it queued an error. A TSP line
