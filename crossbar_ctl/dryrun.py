@@ -237,8 +237,8 @@ def dry_run(cfg: RunConfig, op_time_s: dict[str, float] | None = None) -> DryRun
     out.info["limits"] = _check_limits(cfg, sizes, out)
     counts = count_ops(cfg, sizes, n_train, n_test)
     out.info["operations"] = counts
-    if op_time_s is None and cfg.backend.kind == "smu-matrix" and cfg.smu_matrix is not None:
-        op_time_s = cfg.smu_matrix.op_time_s(shapes)  # device by device: the rig's own estimate
+    if cfg.backend.kind == "smu-matrix" and cfg.smu_matrix is not None:  # device by device: the rig's estimate,
+        op_time_s = {**cfg.smu_matrix.op_time_s(shapes), **(op_time_s or {})}  # --op-time still overrides it
     out.info["duration"] = estimate_duration(cfg, counts, op_time_s)
     return out
 

@@ -279,3 +279,18 @@ def test_after_a_ramp_fails_part_way_the_safe_state_asks_the_level_and_ramps_fro
         with pytest.raises(InstrumentTimeoutError):
             b.pulse_cell(0, 0, 0, 2.0, 1e-4, 1)
         b.close()
+
+
+def test_dry_run_estimates_with_the_rigs_per_device_times_and_op_time_overrides_them() -> None:
+    from crossbar_ctl.dryrun import dry_run
+
+    data = {**RIG, "array": {"tiles": 2, "rows": [17, 9], "cols": [16, 20]},
+            "training": {"pool_px": 7, "hidden": [8], "limit_train": 64, "limit_test": 10},
+            "smu_matrix": {**RIG["smu_matrix"], "row_pins": [["1:01-1:12", "2:01-2:05"], ["5:01-5:09"]],
+                           "col_pins": [["2:06-2:12", "3:01-3:09"], ["3:10-3:12", "4:01-4:12", "6:01-6:05"]],
+                           "cell_read_s": 0.02}}
+    report = dry_run(config_from_dict(data))
+    assert report.ok, report.errors
+    times = report.info["duration"]["op_time_s"]
+    assert times["read_vmm"] == pytest.approx(17 * 16 * 0.02) and times["program"] == pytest.approx(17 * 16 * 0.05)
+    assert dry_run(config_from_dict(data), {"read_vmm": 1.0}).info["duration"]["op_time_s"]["read_vmm"] == 1.0
