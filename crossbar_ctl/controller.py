@@ -186,7 +186,7 @@ class Controller:
         rows, cols = self.backend.shape(lay.tile)
         scale = np.maximum(x.max(axis=1, keepdims=True), -x.min(axis=1, keepdims=True)).astype(np.float32)
         scale[scale == 0] = 1.0
-        v = np.zeros((x.shape[0], rows), dtype=np.float32)
+        v = (np.empty if rows == lay.n_in else np.zeros)((x.shape[0], rows), dtype=np.float32)  # undriven rows: 0 V
         np.multiply(x, np.float32(self.v_read) / scale, out=v[:, : lay.n_in], casting="unsafe")
         i = np.asarray(self.backend.read_vmm(lay.tile, v), dtype=np.float32)
         self.counts.reads += x.shape[0]
@@ -200,7 +200,7 @@ class Controller:
         scale = np.maximum(delta.max(axis=1, keepdims=True), -delta.min(axis=1, keepdims=True)).astype(np.float32)
         scale[scale == 0] = 1.0
         m = lay.n_out
-        v = np.zeros((delta.shape[0], cols), dtype=np.float32)
+        v = (np.empty if cols == 2 * m else np.zeros)((delta.shape[0], cols), dtype=np.float32)
         np.multiply(delta, np.float32(self.v_read) / scale, out=v[:, :m], casting="unsafe")
         np.negative(v[:, :m], out=v[:, m : 2 * m])
         i = np.asarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float32)
