@@ -15,6 +15,7 @@ Backends register under the entry-point group ``crossbar_ctl.backends``; :func:`
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -322,7 +323,7 @@ class Backend(abc.ABC):
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.size:
             peak = max(float(arr.max()), -float(arr.min()))  # numpy's max is NaN if any element is: NaN stays
-            if not np.isfinite(peak):
+            if not math.isfinite(peak):
                 raise ValueError(f"{name} contains NaN or infinity")
             if peak > self.limits.max_voltage_V:
                 raise LimitError("max_voltage_V", peak, self.limits.max_voltage_V, name)
@@ -338,7 +339,7 @@ class Backend(abc.ABC):
         return arr
 
     def _check_amplitude(self, v: float, name: str) -> None:
-        if not np.isfinite(v):
+        if not math.isfinite(v):
             raise ValueError(f"{name} must be finite, got {v!r}")
         if abs(v) > self.limits.max_voltage_V:
             raise LimitError("max_voltage_V", abs(v), self.limits.max_voltage_V, name)
@@ -352,7 +353,7 @@ class Backend(abc.ABC):
 
     def _check_width(self, width_s: float) -> float:
         w = float(width_s)
-        if not (np.isfinite(w) and w > 0):
+        if not (math.isfinite(w) and w > 0):
             raise ValueError(f"width_s must be a positive number of seconds, got {width_s!r}")
         if w > self.limits.max_pulse_width_s:
             raise LimitError("max_pulse_width_s", w, self.limits.max_pulse_width_s, "width_s")
@@ -363,7 +364,7 @@ class Backend(abc.ABC):
         if v is None:
             v = pulse.v_set_V if polarity > 0 else pulse.v_reset_V
         v = float(v)
-        if v == 0 or np.sign(v) != polarity:
+        if not (v > 0 if polarity > 0 else v < 0):  # also refuses 0 and NaN
             raise ValueError(f"pulse amplitude {v:g} V does not match polarity {polarity:+d}")
         self._check_amplitude(v, "v_pulse_V")
         w = self._check_width(pulse.width_s if width_s is None else width_s)
