@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 #: Instrument errors for which the operation was nevertheless executed (and so has used its sequence number).
 APPLIED_ERRORS = frozenset({110})
 SYNC_TRIES = 64
+_STATUS = encode_command("err") + encode_command("seq_last_q")  # follows every write: error status, applied?
 
 
 @dataclass
@@ -191,7 +192,7 @@ class TesterBackend(Backend):
                 prefix += encode_command("seq_last", seq=self.seq)
             if not self._output_on:
                 prefix += encode_command("output", on=True)
-            suffix = b"" if spec.is_query else encode_command("err") + encode_command("seq_last_q")
+            suffix = b"" if spec.is_query else _STATUS
             state["sent"] = True
             assert self._t is not None
             self._t.write(prefix + op.command + suffix)
