@@ -24,6 +24,8 @@ from crossbar_instruments import codec
 from crossbar_instruments.codec import Command
 
 log = logging.getLogger(__name__)
+#: Parameterless queries in their canonical bytes -> command name: answered without the general decoder.
+_CANONICAL_QUERIES = {codec.encode_command(name): name for name in ("err", "seq_last_q", "err_count", "output_q", "safe")}
 
 IDENTITY = ("CROSSBAR-CTL", "XBAR-TESTER-EMU", "0", "0.1.0")
 ERROR_QUEUE_SIZE = 16
@@ -162,6 +164,9 @@ class Tester:
     def handle(self, raw: bytes) -> bytes | None:
         with self.lock:
             self.commands += 1
+            fast = _CANONICAL_QUERIES.get(raw)
+            if fast is not None:  # the status queries after every write, in the driver's exact spelling
+                return self._reply(codec.COMMANDS[fast], self._handlers[fast](None))  # type: ignore[arg-type]
             try:
                 cmd = codec.decode_command(raw)
             except ProtocolError as err:
