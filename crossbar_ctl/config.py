@@ -398,4 +398,7 @@ def default_toml() -> str:
                 continue
             text = json.dumps(value) if isinstance(value, list) else tomli_w.dumps({"v": value}).strip()[4:]
             out.append(f"{key} = {text}  # {field.description}")
+    out += ["", "# [smu_matrix]: only for [backend] kind = \"smu-matrix\" (a Keithley 2600B SMU + a 707B/708B switch",
+            "# matrix): matrix_address, the channel map (row_pins, col_pins) and biasing; every key with its meaning is",
+            "# in hil/configs/lab-smu-matrix.toml."]
     return "\n".join(out) + "\n"
