@@ -382,6 +382,27 @@ def program_disturb(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.
 # outer_pulse count modes: Binomial(slots, p q) draws, the stochastically rounded mean, the nearest integer mean
 MODE_STOCHASTIC, MODE_EXPECTED, MODE_NEAREST = 0, 1, 2
 
+@njit(cache=True, inline="always")
+def coincidences(pc: float, ph: float, slots: int, mode: int, h: float, seed: np.uint64,
+                 ctab: np.ndarray) -> tuple[int, int]:
+    """(n_c, n_d) of one device in a rank-1 phase: coincident pulses — Binomial(slots, p·q) (stochastic), the
+    stochastically rounded mean (expected) or the nearest integer mean (nearest) — and half-select disturbs
+    (ph = p + q − 2pq per slot, probability h each; drawn among the slots without a coincidence)."""
+    if mode == MODE_EXPECTED:
+        n_c = stochastic_round(slots * pc, uniform(seed, M_COUNT))
+    elif mode == MODE_NEAREST:
+        n_c = int(np.floor(slots * pc + 0.5))
+    else:
+        n_c = binomial_n(slots, pc, uniform(seed, M_COUNT), ctab)
+    n_d = 0
+    if ph > 0.0:
+        if mode != MODE_STOCHASTIC:
+            n_d = stochastic_round(slots * h * ph, uniform(seed, M_DIST_UP))
+        elif pc < 1.0:
+            n_d = binomial(slots - n_c, h * ph / (1.0 - pc), uniform(seed, M_DIST_UP))
+    return n_c, n_d
+
+
 @njit(cache=True)
 def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.ndarray, q: np.ndarray,
                rows_idx: np.ndarray, cols_idx: np.ndarray, slots: int, mode: int, up: bool, lin: bool,
@@ -398,18 +419,7 @@ def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.n
         if pc == 0.0 and ph <= 0.0:
             continue
         seed = device_seed(key, i * cols + j)
-        if mode == MODE_EXPECTED:
-            n_c = stochastic_round(slots * pc, uniform(seed, M_COUNT))
-        elif mode == MODE_NEAREST:
-            n_c = int(np.floor(slots * pc + 0.5))
-        else:
-            n_c = binomial_n(slots, pc, uniform(seed, M_COUNT), ctab)
-        n_d = 0
-        if ph > 0.0:
-            if mode != MODE_STOCHASTIC:
-                n_d = stochastic_round(slots * h * ph, uniform(seed, M_DIST_UP))
-            elif pc < 1.0:
-                n_d = binomial(slots - n_c, h * ph / (1.0 - pc), uniform(seed, M_DIST_UP))
+        n_c, n_d = coincidences(pc, ph, slots, mode, h, seed, ctab)
         if n_d == 0:
             neff = tab[r, n_c]
             e = tab[2 + r, n_c]

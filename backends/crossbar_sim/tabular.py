@@ -31,9 +31,9 @@ from numba import njit, prange
 
 from crossbar_ctl.devices import TabularDevice
 from crossbar_sim import kernels as K
-from crossbar_sim.kernels import (M_COUNT, M_DIST_DOWN, M_DIST_UP, M_NOISE1, M_NOISE2, MODE_EXPECTED,
-                                  MODE_NEAREST, MODE_STOCHASTIC, _line_loads, binomial, binomial_n, device_seed,
-                                  mix64, normal, ratio_table, stochastic_round, uniform, word)
+from crossbar_sim.kernels import (M_DIST_DOWN, M_DIST_UP, M_NOISE1, M_NOISE2, _line_loads, binomial, binomial_n,
+                                  coincidences, device_seed, mix64, normal, ratio_table, stochastic_round, uniform,
+                                  word)
 
 M_ROUND = 3  # slots 3 (set) and 4 (reset): the uniform that rounds n_eff to a pulse count
 
@@ -175,18 +175,7 @@ def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, grid: n
         if pc == 0.0 and ph <= 0.0:
             continue
         seed = device_seed(key, i * cols + j)
-        if mode == MODE_EXPECTED:
-            n_c = stochastic_round(slots * pc, uniform(seed, M_COUNT))
-        elif mode == MODE_NEAREST:
-            n_c = int(np.floor(slots * pc + 0.5))
-        else:
-            n_c = binomial_n(slots, pc, uniform(seed, M_COUNT), ctab)
-        n_d = 0
-        if ph > 0.0:
-            if mode != MODE_STOCHASTIC:
-                n_d = stochastic_round(slots * h * ph, uniform(seed, M_DIST_UP))
-            elif pc < 1.0:
-                n_d = binomial(slots - n_c, h * ph / (1.0 - pc), uniform(seed, M_DIST_UP))
+        n_c, n_d = coincidences(pc, ph, slots, mode, h, seed, ctab)
         m = stochastic_round(n_c * s + n_d * e_d, uniform(seed, M_ROUND + r))
         if m > 0:
             gn = apply_pulses(g[i, j], par[0, i, j], par[1, i, j], par[2 + 2 * r, i, j], r, m, grid, mu, sd, g0,
@@ -247,7 +236,12 @@ def _helper_digest(key: np.uint64) -> np.ndarray:
     """Outputs of every imported helper, as compiled into this module."""
     seed = device_seed(key, 5)
     u = uniform(seed, 1)
-    out = np.empty(8)
+    out = np.empty(9)
+    acc = 0.0
+    for m in range(3):  # the three count modes
+        n_c, n_d = coincidences(0.3, 0.4, 12, m, 0.5, seed, ratio_table(12))
+        acc = acc * 1000.0 + n_c * 31.0 + n_d
+    out[8] = acc
     out[7] = _CONSTS  # kernels' slot and mode constants as frozen into this module's compiled code
     out[0] = u
     out[1] = normal(word(seed, 3), 0)
@@ -268,7 +262,16 @@ def _reference_digest(key: np.uint64) -> np.ndarray:
     return np.array([u, K.normal(np.uint64(K.word(seed, 3)), 0), K.binomial(40, 0.37, u),
                      K.binomial_n(12, 0.21, u, K.ratio_table(12)), K.stochastic_round(3.4, u),
                      np.float64(K.mix64(seed) >> np.uint64(11)), a[0] * 1000 + b[1] * 100 + c[1] * 10 + d[0],
-                     _consts(K)])
+                     _consts(K), _coincidence_digest(K, seed)])
+
+
+def _coincidence_digest(k: object, seed: np.uint64) -> float:
+    """:func:`_helper_digest`'s ``out[8]`` from kernels' own ``coincidences``."""
+    acc = 0.0
+    for m in range(3):
+        n_c, n_d = k.coincidences(0.3, 0.4, 12, m, 0.5, seed, k.ratio_table(12))  # type: ignore[attr-defined]
+        acc = acc * 1000.0 + n_c * 31.0 + n_d
+    return acc
 
 
 _FRESH = False
