@@ -95,6 +95,51 @@ def _traces(res: ProtocolResult) -> tuple[np.ndarray, np.ndarray]:
     return g, pol
 
 
+@dataclass
+class LtpLtdCells:
+    """An ``ltp-ltd`` result prepared for fitting: pulse settings, traces G (cells, cycles, steps) with the
+    polarity of each step, per-cell windows, and which cells switch (``ok``) or are stuck low/high."""
+
+    v_set: float
+    v_reset: float
+    width_s: float
+    v_threshold_V: float
+    ne_d: float  # nominal pulses per applied reset pulse (effective-pulse rule)
+    g: np.ndarray
+    pol: np.ndarray
+    gmin: np.ndarray
+    gmax: np.ndarray
+    window: np.ndarray
+    ok: np.ndarray
+    stuck_lo: int
+    stuck_hi: int
+
+
+def ltp_ltd_cells(res: ProtocolResult, v_threshold_V: float | None, stuck_fraction: float) -> LtpLtdCells:
+    """Check the pulse settings against the threshold (from the result's config unless given) and classify the
+    cells: a window below ``stuck_fraction`` × the median window is stuck, low or high by where it sits."""
+    p = res.params
+    v_set, v_reset, width = float(p["v_set_V"]), float(p["v_reset_V"]), float(p["width_s"])
+    if v_threshold_V is None:
+        v_threshold_V = float(((res.meta.get("config") or {}).get("device") or {}).get("v_threshold_V", 1.2))
+    if not v_threshold_V < min(v_set, abs(v_reset)):
+        raise FitError(f"pulses ({v_set:g} V, {v_reset:g} V) must exceed v_threshold_V = {v_threshold_V:g} V")
+    ne_d = (abs(v_reset) - v_threshold_V) / (v_set - v_threshold_V)
+    g, pol = _traces(res)
+    gmin_c, gmax_c = g.min(axis=(1, 2)), g.max(axis=(1, 2))
+    win = gmax_c - gmin_c
+    med = float(np.median(win))
+    if med <= 0:
+        raise FitError("no cell switched: G never changed (pulses below threshold?)")
+    ok = win >= stuck_fraction * med
+    if not ok.any():
+        raise FitError("no usable cell")
+    mid = 0.5 * (np.median(gmin_c[ok]) + np.median(gmax_c[ok]))
+    stuck_lo = int(np.sum(~ok & (0.5 * (gmin_c + gmax_c) < mid)))
+    return LtpLtdCells(v_set, v_reset, width, float(v_threshold_V), ne_d, g, pol, gmin_c, gmax_c, win, ok,
+                       stuck_lo, int(np.sum(~ok)) - stuck_lo)
+
+
 def _delta_se(fn: Any, x: np.ndarray, cov: np.ndarray) -> float:
     """Standard error of fn(x) by the delta method with a central-difference gradient."""
     grad = np.zeros(len(x))
@@ -121,28 +166,12 @@ def fit_neurosim_exp(res: ProtocolResult, v_threshold_V: float | None = None, st
     """Fit neurosim-exp to an ``ltp-ltd`` result (see the module doc for the method)."""
     if res.protocol != "ltp-ltd":
         raise FitError(f"neurosim-exp is fitted to ltp-ltd data, not {res.protocol}")
-    p = res.params
-    k = int(p.get("pulses_per_step", 1))
-    v_set, v_reset, width = float(p["v_set_V"]), float(p["v_reset_V"]), float(p["width_s"])
-    if v_threshold_V is None:
-        v_threshold_V = float(((res.meta.get("config") or {}).get("device") or {}).get("v_threshold_V", 1.2))
-    if not v_threshold_V < min(v_set, abs(v_reset)):
-        raise FitError(f"pulses ({v_set:g} V, {v_reset:g} V) must exceed v_threshold_V = {v_threshold_V:g} V")
-    ne_d = (abs(v_reset) - v_threshold_V) / (v_set - v_threshold_V)  # nominal pulses per applied reset pulse
-    g, pol = _traces(res)
-    gmin_c, gmax_c = g.min(axis=(1, 2)), g.max(axis=(1, 2))
-    win = gmax_c - gmin_c
-    med = float(np.median(win))
-    if med <= 0:
-        raise FitError("no cell switched: G never changed (pulses below threshold?)")
-    ok = win >= stuck_fraction * med
+    k = int(res.params.get("pulses_per_step", 1))
+    c = ltp_ltd_cells(res, v_threshold_V, stuck_fraction)
+    v_set, width, v_threshold_V, ne_d = c.v_set, c.width_s, c.v_threshold_V, c.ne_d
+    g, pol, ok, stuck_lo, stuck_hi = c.g, c.pol, c.ok, c.stuck_lo, c.stuck_hi
     n_ok = int(ok.sum())
-    if n_ok < 1:
-        raise FitError("no usable cell")
-    mid = 0.5 * (np.median(gmin_c[ok]) + np.median(gmax_c[ok]))
-    stuck_lo = int(np.sum(~ok & (0.5 * (gmin_c + gmax_c) < mid)))
-    stuck_hi = int(np.sum(~ok)) - stuck_lo
-    gmin_u, gmax_u, R = gmin_c[ok], gmax_c[ok], win[ok]
+    gmin_u, gmax_u, R = c.gmin[ok], c.gmax[ok], c.window[ok]
     x = (g[ok] - gmin_u[:, None, None]) / R[:, None, None]
     x0, x1, sp = x[:, :, :-1], x[:, :, 1:], np.broadcast_to(pol[1:], x[:, :, 1:].shape)
     cellidx = np.broadcast_to(np.arange(n_ok)[:, None, None], x0.shape)
@@ -209,7 +238,7 @@ def fit_neurosim_exp(res: ProtocolResult, v_threshold_V: float | None = None, st
     device["sigma_d2d_g_min"] = min(d2d["g_min"], 0.5)
     device["sigma_d2d_g_max"] = min(d2d["g_max"], 0.5)
     device["sigma_d2d_shape"] = min(d2d["shape"], 0.5) if d2d.get("shape_resolved") else 0.0
-    n_all = len(win)
+    n_all = len(c.window)
     device["stuck_at_min_fraction"] = stuck_lo / n_all
     device["stuck_at_max_fraction"] = stuck_hi / n_all
     device["v_threshold_V"] = float(v_threshold_V)

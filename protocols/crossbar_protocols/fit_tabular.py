@@ -45,7 +45,7 @@ import numpy as np
 
 from crossbar_ctl.config import config_from_dict
 from crossbar_protocols.base import ProtocolResult
-from crossbar_protocols.fit import FitError, _traces
+from crossbar_protocols.fit import FitError, ltp_ltd_cells
 from crossbar_protocols.tobit import tobit_fit
 
 
@@ -151,23 +151,12 @@ def fit_tabular(res: ProtocolResult, bins: int = 16, min_samples: int = 20, v_th
     p = res.params
     if int(p.get("pulses_per_step", 1)) != 1:
         raise FitError("tabular needs the ΔG of single pulses: run ltp-ltd with pulses_per_step = 1")
-    v_set, v_reset, width = float(p["v_set_V"]), float(p["v_reset_V"]), float(p["width_s"])
-    cfg = res.meta.get("config") or {}
-    if v_threshold_V is None:
-        v_threshold_V = float((cfg.get("device") or {}).get("v_threshold_V", 1.2))
-    if not v_threshold_V < min(v_set, abs(v_reset)):
-        raise FitError(f"pulses ({v_set:g} V, {v_reset:g} V) must exceed v_threshold_V = {v_threshold_V:g} V")
-    ne_d = (abs(v_reset) - v_threshold_V) / (v_set - v_threshold_V)
-    r_read = float((cfg.get("read") or {}).get("read_noise", 0.0))
-    g, pol = _traces(res)
-    gmin_c, gmax_c = g.min(axis=(1, 2)), g.max(axis=(1, 2))
-    win = gmax_c - gmin_c
-    med = float(np.median(win))
-    if med <= 0:
-        raise FitError("no cell switched: G never changed (pulses below threshold?)")
-    use = win >= stuck_fraction * med
-    stuck_lo = int(np.sum(~use & (0.5 * (gmin_c + gmax_c) < 0.5 * (np.median(gmin_c[use]) + np.median(gmax_c[use])))))
-    gmin_u, gmax_u, Rc = gmin_c[use], gmax_c[use], win[use]
+    cells = ltp_ltd_cells(res, v_threshold_V, stuck_fraction)
+    v_set, v_reset, width = cells.v_set, cells.v_reset, cells.width_s
+    v_threshold_V, ne_d = cells.v_threshold_V, cells.ne_d
+    r_read = float(((res.meta.get("config") or {}).get("read") or {}).get("read_noise", 0.0))
+    g, pol, use, stuck_lo = cells.g, cells.pol, cells.ok, cells.stuck_lo
+    gmin_u, gmax_u, Rc = cells.gmin[use], cells.gmax[use], cells.window[use]
     x = (g[use] - gmin_u[:, None, None]) / Rc[:, None, None]
     G0, G1 = float(gmin_u.mean()), float(gmax_u.mean())
     R = G1 - G0
@@ -217,7 +206,7 @@ def fit_tabular(res: ProtocolResult, bins: int = 16, min_samples: int = 20, v_th
         return r if r > 1e-9 else 0.0
 
     d2d = {"g_min": rel_sd(gmin_u), "g_max": rel_sd(gmax_u)}
-    n_all = len(win)
+    n_all = len(cells.window)
     device: dict[str, Any] = {
         "model": "tabular", "g_min_S": G0, "g_max_S": G1, "g_grid_S": (G0 + c * R).tolist(), **table,
         "sigma_d2d_g_min": min(d2d["g_min"], 0.5), "sigma_d2d_g_max": min(d2d["g_max"], 0.5),
