@@ -58,6 +58,17 @@ def read(v: str, reply: bytes) -> tuple[bytes, bytes]:
             f"smub.source.compliance smua.source.levelv = 0 print(xb_i, xb_k, errorqueue.count)\n".encode(), reply)
 
 
+def ramp(*levels: str, ch: str = "smub") -> tuple[bytes, bytes]:
+    """A ramped DC level change through ``levels`` (1 ms apart)."""
+    body = " delay(0.001) ".join(f"{ch}.source.levelv = {v}" for v in levels)
+    return (f"{body} print(errorqueue.count)\n".encode(), OK)
+
+
+def sent(b, smu: list, mx: list) -> bool:
+    """Every line of both scripts was written, in order, and nothing else."""
+    return b.smu.t.written == [w for w, _ in smu] and b.matrix.t.written == [w for w, _ in mx]
+
+
 def train(v: str, n: int, width: str = "0.0001") -> tuple[bytes, bytes]:
     return (f"smua.trigger.source.linearv({v}, {v}, {n}) smua.trigger.source.limiti = 1e-05 "
             f"trigger.timer[1].delay = {width} smua.trigger.count = {n} smua.trigger.initiate() waitcomplete() "
@@ -90,11 +101,12 @@ def test_float_mode_leaves_unselected_lines_open_and_pulses_the_full_voltage() -
     with expected_rig_protocol(cfg(unselected="float", ground_row=""), smu, mx) as b:
         b.pulse_cell(0, 0, 1, 2.0, 1e-4, 3)
         b.close()
+        assert sent(b, smu, mx)
 
 
 def test_half_select_pulse_ramps_the_column_to_minus_half_and_pulses_the_row_to_plus_half() -> None:
-    ramp_down = (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK)
-    ramp_up = (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK)
+    ramp_down = ramp("-0.5", "-1")
+    ramp_up = ramp("-0.5", "0")
     smu = SMU_OPEN + [OUTPUTS_ON, ramp_down, train("1", 4), ramp_up,
                       read("0.2", b"-2.00000e-09\tfalse\t0.00000e+00\n")] + SMU_SAFE
     mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04")] + MATRIX_SAFE
@@ -106,17 +118,18 @@ def test_half_select_pulse_ramps_the_column_to_minus_half_and_pulses_the_row_to_
 
 def test_program_pulses_each_nonzero_device_in_row_major_order_with_its_polarity() -> None:
     smu = SMU_OPEN + [OUTPUTS_ON,
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      ramp("-0.5", "-1"),
                       train("1", 2),
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
-                      (b"smub.source.levelv = 0.5 delay(0.001) smub.source.levelv = 1 print(errorqueue.count)\n", OK),
+                      ramp("-0.5", "0"),
+                      ramp("0.5", "1"),
                       train("-1", 5),
-                      (b"smub.source.levelv = 0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      ramp("0.5", "0"),
                       ] + SMU_SAFE
     mx = MATRIX_OPEN + [route("1A01,1B04,1C02,1C03"), route("1A02,1B03,1C01,1C04")] + MATRIX_SAFE
     with expected_rig_protocol(cfg(), smu, mx) as b:
         b.program(0, np.array([[0, 2], [-5, 0]], dtype=np.int32))
         b.close()
+        assert sent(b, smu, mx)
 
 
 def test_read_conductance_and_read_vmm_compose_device_reads() -> None:
@@ -135,17 +148,18 @@ def test_read_conductance_and_read_vmm_compose_device_reads() -> None:
 def test_outer_pulse_nearest_mode_programs_the_rounded_coincidence_counts() -> None:
     # slots 4, p = (1, 0.5), q = (0.5, 0): counts round(4 * p_i q_j) = [[2, 0], [1, 0]], polarity +1
     smu = SMU_OPEN + [OUTPUTS_ON,
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      ramp("-0.5", "-1"),
                       train("1", 2),
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n", OK),
+                      ramp("-0.5", "0"),
+                      ramp("-0.5", "-1"),
                       train("1", 1),
-                      (b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)\n", OK),
+                      ramp("-0.5", "0"),
                       ] + SMU_SAFE
     mx = MATRIX_OPEN + [route("1A01,1B03,1C02,1C04"), route("1A02,1B03,1C01,1C04")] + MATRIX_SAFE
     with expected_rig_protocol(cfg(), smu, mx) as b:
         b.outer_pulse(0, np.array([1.0, 0.5]), np.array([0.5, 0.0]), 1, 4, mode="nearest")
         b.close()
+        assert sent(b, smu, mx)
 
 
 def test_limits_and_rig_bounds_are_refused_before_anything_is_sent() -> None:
@@ -269,8 +283,8 @@ def test_swapped_addresses_are_caught_by_the_identity_check() -> None:
 def test_after_a_ramp_fails_part_way_the_safe_state_asks_the_level_and_ramps_from_there() -> None:
     """The ramp to -1 V dies in the middle (its reply lost): the driver does not know where the level is, so it
     asks the SMU (-0.5 V) and ramps back from there instead of stepping to 0 V with the output-off line."""
-    ramp = b"smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)\n"
-    smu = SMU_OPEN + [OUTPUTS_ON, (ramp, InstrumentTimeoutError("no answer")),
+    ramp_line = ramp("-0.5", "-1")[0]
+    smu = SMU_OPEN + [OUTPUTS_ON, (ramp_line, InstrumentTimeoutError("no answer")),
                       (b"print(errorqueue.count)\n", OK),
                       (b"print(smub.source.levelv)\n", b"-5.00000e-01\n"),
                       (b"smub.source.levelv = 0 print(errorqueue.count)\n", OK)] + SMU_SAFE + SMU_SAFE
