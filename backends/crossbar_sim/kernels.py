@@ -342,6 +342,21 @@ def _line_loads(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return col_up, col_dn, row_up, row_dn
 
 
+@njit(cache=True, inline="always")
+def program_disturbs(i: int, j: int, m_up: int, m_dn: int, col_up: np.ndarray, col_dn: np.ndarray,
+                     row_up: np.ndarray, row_dn: np.ndarray, h_up: float, h_dn: float,
+                     seed: np.uint64) -> tuple[int, int]:
+    """Half-select disturbs of device (i, j) in a row-by-row ``program`` with own counts m_up/m_dn:
+    Binomial(H, h) per polarity, H = its line loads (:func:`_line_loads`) minus twice its own count."""
+    d_up = 0
+    d_dn = 0
+    if h_up > 0.0:
+        d_up = binomial(col_up[j] + row_up[i] - 2 * m_up, h_up, uniform(seed, M_DIST_UP))
+    if h_dn > 0.0:
+        d_dn = binomial(col_dn[j] + row_dn[i] - 2 * m_dn, h_dn, uniform(seed, M_DIST_DOWN))
+    return d_up, d_dn
+
+
 @njit(cache=True, parallel=True)
 def program_disturb(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.ndarray, lin_up: bool,
                     lin_down: bool, s_up: float, s_down: float, h_up: float, e_up: float, h_down: float,
@@ -361,12 +376,7 @@ def program_disturb(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.
             m_up = n if n > 0 else 0
             m_dn = -n if n < 0 else 0
             seed = device_seed(key, i * cols + j)
-            d_up = 0
-            d_dn = 0
-            if h_up > 0.0:
-                d_up = binomial(col_up[j] + row_up[i] - 2 * m_up, h_up, uniform(seed, M_DIST_UP))
-            if h_down > 0.0:
-                d_dn = binomial(col_dn[j] + row_dn[i] - 2 * m_dn, h_down, uniform(seed, M_DIST_DOWN))
+            d_up, d_dn = program_disturbs(i, j, m_up, m_dn, col_up, col_dn, row_up, row_dn, h_up, h_down, seed)
             gn = g[i, j]
             neff = m_up * s_up + d_up * e_up
             if neff > 0.0:

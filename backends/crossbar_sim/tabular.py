@@ -31,9 +31,8 @@ from numba import njit, prange
 
 from crossbar_ctl.devices import TabularDevice
 from crossbar_sim import kernels as K
-from crossbar_sim.kernels import (M_DIST_DOWN, M_DIST_UP, M_NOISE1, M_NOISE2, _line_loads, binomial, binomial_n,
-                                  coincidences, device_seed, mix64, normal, ratio_table, stochastic_round, uniform,
-                                  word)
+from crossbar_sim.kernels import (M_NOISE1, M_NOISE2, _line_loads, binomial, binomial_n, coincidences, device_seed,
+                                  mix64, normal, program_disturbs, ratio_table, stochastic_round, uniform, word)
 
 M_ROUND = 3  # slots 3 (set) and 4 (reset): the uniform that rounds n_eff to a pulse count
 
@@ -111,12 +110,7 @@ def _program_row(i: int, g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par
         m_up = n if n > 0 else 0
         m_dn = -n if n < 0 else 0
         seed = device_seed(key, i * cols + j)
-        d_up = 0
-        d_dn = 0
-        if h_up > 0.0:
-            d_up = binomial(col_up[j] + row_up[i] - 2 * m_up, h_up, uniform(seed, M_DIST_UP))
-        if h_dn > 0.0:
-            d_dn = binomial(col_dn[j] + row_dn[i] - 2 * m_dn, h_dn, uniform(seed, M_DIST_DOWN))
+        d_up, d_dn = program_disturbs(i, j, m_up, m_dn, col_up, col_dn, row_up, row_dn, h_up, h_dn, seed)
         k_up = stochastic_round(m_up * s_up + d_up * e_up, uniform(seed, M_ROUND))
         k_dn = stochastic_round(m_dn * s_dn + d_dn * e_dn, uniform(seed, M_ROUND + 1))
         if k_up == 0 and k_dn == 0:
@@ -241,7 +235,9 @@ def _helper_digest(key: np.uint64) -> np.ndarray:
     for m in range(3):  # the three count modes
         n_c, n_d = coincidences(0.3, 0.4, 12, m, 0.5, seed, ratio_table(12))
         acc = acc * 1000.0 + n_c * 31.0 + n_d
-    out[8] = acc
+    loads = np.array([3, 5], dtype=np.int64)
+    d_up, d_dn = program_disturbs(1, 0, 1, 0, loads, loads, loads, loads, 0.4, 0.3, seed)
+    out[8] = acc * 1000.0 + d_up * 31.0 + d_dn
     out[7] = _CONSTS  # kernels' slot and mode constants as frozen into this module's compiled code
     out[0] = u
     out[1] = normal(word(seed, 3), 0)
@@ -266,12 +262,14 @@ def _reference_digest(key: np.uint64) -> np.ndarray:
 
 
 def _coincidence_digest(k: object, seed: np.uint64) -> float:
-    """:func:`_helper_digest`'s ``out[8]`` from kernels' own ``coincidences``."""
+    """:func:`_helper_digest`'s ``out[8]`` from kernels' own ``coincidences`` and ``program_disturbs``."""
     acc = 0.0
     for m in range(3):
         n_c, n_d = k.coincidences(0.3, 0.4, 12, m, 0.5, seed, k.ratio_table(12))  # type: ignore[attr-defined]
         acc = acc * 1000.0 + n_c * 31.0 + n_d
-    return acc
+    loads = np.array([3, 5], dtype=np.int64)
+    d_up, d_dn = k.program_disturbs(1, 0, 1, 0, loads, loads, loads, loads, 0.4, 0.3, seed)  # type: ignore[attr-defined]
+    return acc * 1000.0 + d_up * 31.0 + d_dn
 
 
 _FRESH = False
