@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 import tty
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from crossbar_ctl.config import RunConfig
 from crossbar_ctl.errors import ProtocolError
@@ -344,21 +345,30 @@ def serve_pty(config: RunConfig, link: str | None = None,
     _serve(PtyEmulator(config, link), on_ready)
 
 
-def _serve(emu: _Server, on_ready: Callable[[str], None]) -> None:
-    main = threading.current_thread() is threading.main_thread()
+@contextmanager
+def stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM call ``stop()`` instead of ending the process (main thread only; the
+    previous handlers come back afterwards)."""
     old = {}
-    if main:
+    if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda *_: emu.request_stop())
+            old[sig] = signal.signal(sig, lambda *_: stop())
     try:
-        on_ready(emu.address)
-        emu.serve_forever()
-    except _Stopped:
-        pass
+        yield
     finally:
-        emu.stop()
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _serve(emu: _Server, on_ready: Callable[[str], None]) -> None:
+    with stop_on_signals(emu.request_stop):
+        try:
+            on_ready(emu.address)
+            emu.serve_forever()
+        except _Stopped:
+            pass
+        finally:
+            emu.stop()
 
 
 def main(config: RunConfig, transport: str, host: str = "127.0.0.1", port: int = 5025,

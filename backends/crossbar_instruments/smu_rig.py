@@ -202,24 +202,18 @@ class EmulatedRig:
 def serve_rig(config: RunConfig, host: str = "127.0.0.1", smu_port: int = 0, matrix_port: int = 0) -> int:
     """``crossbar-ctl emulate --rig smu-matrix``: serve the SMU and the matrix on two TCP ports until
     SIGINT/SIGTERM; prints ``<SMU resource> <matrix resource>`` on stdout. Returns 0 if no hazard occurred."""
-    import signal
+    from crossbar_instruments.emulator import stop_on_signals
 
     emu = EmulatedRig(config, host, smu_port, matrix_port)
     stop = threading.Event()
-    main = threading.current_thread() is threading.main_thread()
-    old = {}
-    if main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda *_: stop.set())
-    try:
-        emu.start()
-        print(emu.address, flush=True)
-        while not stop.wait(0.05):
-            pass
-    finally:
-        emu.stop()
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+    with stop_on_signals(stop.set):
+        try:
+            emu.start()
+            print(emu.address, flush=True)
+            while not stop.wait(0.05):
+                pass
+        finally:
+            emu.stop()
     rig = emu.rig
     events = "; ".join(emu.smu.safe_events + emu.matrix.safe_events) or "left safe by the client"
     print(f"crossbar-ctl emulate: smu-matrix rig stopped ({events}); outputs off, relays open, array left in its "
