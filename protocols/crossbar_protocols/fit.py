@@ -140,6 +140,19 @@ def ltp_ltd_cells(res: ProtocolResult, v_threshold_V: float | None, stuck_fracti
                        stuck_lo, int(np.sum(~ok)) - stuck_lo)
 
 
+def mean_curves(traj: list[np.ndarray], x: np.ndarray, R: np.ndarray, gmin: np.ndarray,
+                quality: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Measured and Monte-Carlo conductances (S) and their mean curves, from window-normalised traces ``x`` (cells,
+    cycles, steps) and replica trajectories ``traj`` (steps × (replicas, cells, cycles)); records the mean curves'
+    R² and RMS difference in ``quality``."""
+    sim = np.stack(traj, axis=-1) * R[:, None, None, None] + gmin[:, None, None, None]
+    meas = x * R[:, None, None] + gmin[:, None, None]
+    m_meas, m_sim = meas.mean(axis=(0, 1)), sim.mean(axis=(0, 1, 2))
+    quality["r2_mean_curve"] = 1.0 - float(np.sum((m_meas - m_sim) ** 2) / np.sum((m_meas - m_meas.mean()) ** 2))
+    quality["mean_curve_rms_S"] = float(np.sqrt(np.mean((m_meas - m_sim) ** 2)))
+    return meas, sim, m_meas, m_sim
+
+
 def _delta_se(fn: Any, x: np.ndarray, cov: np.ndarray) -> float:
     """Standard error of fn(x) by the delta method with a central-difference gradient."""
     grad = np.zeros(len(x))
@@ -282,11 +295,7 @@ def _quality(x: np.ndarray, x1: np.ndarray, sp: np.ndarray, pred: np.ndarray, R:
             continue
         cur = np.clip(f["intercept"] + f["slope"] * cur + f["noise"] * rng.standard_normal(cur.shape), 0, 1)
         traj.append(cur.copy())
-    sim = np.stack(traj, axis=-1) * R[:, None, None, None] + gmin[:, None, None, None]
-    meas = x * R[:, None, None] + gmin[:, None, None]
-    m_meas, m_sim = meas.mean(axis=(0, 1)), sim.mean(axis=(0, 1, 2))
-    quality["r2_mean_curve"] = 1.0 - float(np.sum((m_meas - m_sim) ** 2) / np.sum((m_meas - m_meas.mean()) ** 2))
-    quality["mean_curve_rms_S"] = float(np.sqrt(np.mean((m_meas - m_sim) ** 2)))
+    meas, sim, m_meas, m_sim = mean_curves(traj, x, R, gmin, quality)
     # noise-free curve from the mean start
     det = [float(x[:, :, 0].mean())]
     for s in pol:

@@ -45,7 +45,7 @@ import numpy as np
 
 from crossbar_ctl.config import config_from_dict
 from crossbar_protocols.base import ProtocolResult
-from crossbar_protocols.fit import FitError, ltp_ltd_cells
+from crossbar_protocols.fit import FitError, ltp_ltd_cells, mean_curves
 from crossbar_protocols.tobit import tobit_fit
 
 
@@ -241,9 +241,5 @@ def _quality(x: np.ndarray, pol: np.ndarray, device: dict[str, Any], quality: di
             mu, sd = tab[int(s)]
             cur = np.clip(cur + np.interp(cur, c, mu) + np.interp(cur, c, sd) * rng.standard_normal(cur.shape), 0, 1)
         traj.append(cur.copy())
-    sim = np.stack(traj, axis=-1) * Rc[:, None, None, None] + gmin[:, None, None, None]
-    meas = x * Rc[:, None, None] + gmin[:, None, None]
-    m_meas, m_sim = meas.mean(axis=(0, 1)), sim.mean(axis=(0, 1, 2))
-    quality["r2_mean_curve"] = 1.0 - float(np.sum((m_meas - m_sim) ** 2) / np.sum((m_meas - m_meas.mean()) ** 2))
-    quality["mean_curve_rms_S"] = float(np.sqrt(np.mean((m_meas - m_sim) ** 2)))
+    _, _, m_meas, m_sim = mean_curves(traj, x, Rc, gmin, quality)
     return {"pulse_index": np.arange(m_meas.size), "mean_measured_S": m_meas, "mean_model_S": m_sim}
