@@ -10,6 +10,7 @@ reproducible.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from crossbar_ctl.errors import InstrumentError, ProtocolError
@@ -76,9 +77,7 @@ def ramp_levels(start_V: float, stop_V: float, step_V: float) -> list[float]:
     (the last one is ``stop_V``; empty when there is nothing to change)."""
     if start_V == stop_V:
         return []
-    n = max(1, int(-(-abs(stop_V - start_V) // step_V)))  # ceil
-    if abs(stop_V - start_V) / n > step_V * (1 + 1e-12):
-        n += 1
+    n = max(1, math.ceil(abs(stop_V - start_V) / step_V - 1e-9))  # steps; the tolerance absorbs rounding
     return [start_V + (stop_V - start_V) * k / n for k in range(1, n)] + [stop_V]
 
 
