@@ -26,6 +26,7 @@ import numpy as np
 from crossbar_ctl.config import RunConfig, config_from_dict, load_config
 from crossbar_ctl.errors import BackendError, LimitError
 from crossbar_ctl.pulse_counts import abs_peak_total
+from crossbar_ctl.peaks import abs_peak
 from crossbar_ctl.safety import operation as _operation
 
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
@@ -89,8 +90,7 @@ class Backend(abc.ABC):
 
     def shape(self, tile: int) -> tuple[int, int]:
         """(rows, cols) of ``tile``."""
-        self._check_tile(tile)
-        return self.tile_shapes[tile]
+        return self._check_tile(tile)
 
     # ----------------------------------------------------------------- op log hook
     def add_listener(self, fn: Callable[[OpRecord], None]) -> None:
@@ -202,7 +202,7 @@ class Backend(abc.ABC):
         arr = np.asarray(pulses)
         if arr.shape != (rows, cols):
             raise ValueError(f"pulses must have shape {(rows, cols)} for tile {tile}, got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype.kind not in "iu":  # signed or unsigned integers
             raise TypeError(f"pulses must be integer counts, got dtype {arr.dtype}")
         counts = np.ascontiguousarray(arr, dtype=np.int32)
         if counts.dtype != arr.dtype and counts.size and np.any(counts != arr):
@@ -297,11 +297,13 @@ class Backend(abc.ABC):
         if self._closed:
             raise BackendError(f"{self.kind} backend is closed")
 
-    def _check_tile(self, tile: int) -> None:
+    def _check_tile(self, tile: int) -> tuple[int, int]:
+        """Refuse a closed backend or a bad tile index; return the tile's (rows, cols)."""
         self._check_open()
-        n = len(self.tile_shapes)
-        if not isinstance(tile, (int, np.integer)) or not 0 <= tile < n:
-            raise IndexError(f"tile must be an integer in [0, {n - 1}], got {tile!r}")
+        shapes = self._capabilities().tile_shapes
+        if not isinstance(tile, (int, np.integer)) or not 0 <= tile < len(shapes):
+            raise IndexError(f"tile must be an integer in [0, {len(shapes) - 1}], got {tile!r}")
+        return shapes[tile]
 
     def _check_cell(self, tile: int, row: int, col: int) -> None:
         rows, cols = self.shape(tile)
@@ -322,7 +324,7 @@ class Backend(abc.ABC):
             raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if arr.size:
-            peak = max(float(arr.max()), -float(arr.min()))  # numpy's max is NaN if any element is: NaN stays
+            peak = abs_peak(arr)  # NaN if any element is NaN, inf if any is infinite
             if not math.isfinite(peak):
                 raise ValueError(f"{name} contains NaN or infinity")
             if peak > self.limits.max_voltage_V:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_MAIN_THREAD_ID = threading.main_thread().ident  # compared with get_ident(): cheaper than current_thread()
 
 
 class _Operation:
@@ -35,11 +36,11 @@ class _Operation:
         self.pending: BaseException | None = None
 
     def __enter__(self) -> None:
-        if threading.current_thread() is threading.main_thread():
+        if threading.get_ident() == _MAIN_THREAD_ID:
             self.depth += 1
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        if threading.get_ident() != _MAIN_THREAD_ID:
             return
         self.depth -= 1
         if self.depth == 0 and self.pending is not None:
@@ -63,10 +64,25 @@ def operation(fn: F) -> F:
     """Decorator: run an array operation as one critical section, so that a stop signal arriving meanwhile is
     raised only once the operation has been applied and recorded by the listeners."""
 
+    op = OPERATION
+
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with OPERATION:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:  # ``with OPERATION:`` spelled out: this is on every read
+        if threading.get_ident() != _MAIN_THREAD_ID:
             return fn(*args, **kwargs)
+        op.depth += 1
+        try:
+            out = fn(*args, **kwargs)
+        except BaseException:
+            op.depth -= 1
+            if op.depth == 0:
+                op.pending = None  # the operation failed: its own exception is what propagates
+            raise
+        op.depth -= 1
+        if op.depth == 0 and op.pending is not None:
+            pending, op.pending = op.pending, None
+            raise pending
+        return out
 
     return wrapper  # type: ignore[return-value]
 

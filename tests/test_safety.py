@@ -100,3 +100,19 @@ def test_operations_in_other_threads_do_not_defer_signals() -> None:
     finally:
         release.set()
         t.join()
+
+
+def test_a_signal_inside_a_failing_operation_leaves_the_failure_to_propagate() -> None:
+    b, seen = backend_with_logged_seqs()
+
+    def program_signal_then_fail(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):
+            pass
+        raise RuntimeError("tester fault")
+
+    b._program = program_signal_then_fail  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="tester fault"):
+        with stop_signals_raise():
+            b.program(0, np.ones((4, 3), dtype=int))
+    assert seen == [] and OPERATION.depth == 0 and OPERATION.pending is None

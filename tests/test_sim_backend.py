@@ -368,8 +368,10 @@ def test_bad_arguments_raise() -> None:
         b.read_vmm_t(0, np.zeros((2, 4)))
     with pytest.raises(TypeError):
         b.read_vmm(0, np.zeros(4, dtype=complex))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="NaN or infinity"):
         b.read_vmm(0, np.array([0.1, np.nan, 0, 0]))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        b.read_vmm_t(0, np.array([[0.0, 0.0, 0.0], [0.0, -np.inf, 0.0]]))
     with pytest.raises(TypeError):
         b.program(0, np.zeros((4, 3)))
     with pytest.raises(ValueError):

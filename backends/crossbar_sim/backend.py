@@ -38,6 +38,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from crossbar_ctl.backend import Backend, Capabilities
+from crossbar_ctl.blas import WIDE_MIN_FLOPS
 from crossbar_ctl.config import RunConfig
 from crossbar_sim import kernels, readout, tabular
 from crossbar_sim.device_arrays import DeviceArrays, make_device_arrays, pulse_scale
@@ -45,6 +46,8 @@ from crossbar_sim.device_arrays import DeviceArrays, make_device_arrays, pulse_s
 SPAWN_KEY = (1,)
 PARALLEL_MIN_PROGRAM = 8192  # devices of a program below which one thread is faster than waking the pool
 PARALLEL_MIN_OUTER = 2048  # active devices of an outer-pulse phase, likewise
+PLAIN_READ_MAX = int(WIDE_MIN_FLOPS // 2)  # multiply-adds of a read below which BLAS stays on one thread: a
+# read without noise or converters is then just the product (readout.vmm would add nothing but call overhead)
 
 
 
@@ -100,12 +103,14 @@ class SimBackend(Backend):
         self._dac_bits = readout.check_bits(rd.dac_bits, "[read].dac_bits")
         self._adc_bits = readout.check_bits(rd.adc_bits, "[read].adc_bits")
         self._sigma_read = float(rd.read_noise)
+        self._plain_read = self._sigma_read == 0.0 and self._dac_bits == 0 and self._adc_bits == 0
         self._v_fs = float(rd.v_read_V)
         self._sigma_c2c = float(self.device.sigma_c2c)
         shapes = tuple((int(r), int(c)) for r, c in config.array.shapes())
         self._caps = Capabilities(tile_shapes=shapes, outer_modes=tuple(_OUTER_MODES))
         self._rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=SPAWN_KEY))
         self._tiles = [_Tile(make_device_arrays(self.device, s, self._rng)) for s in shapes]
+        self._raw = self._rng.bit_generator.random_raw  # (bound once: a key per write is on the hot path)
         self._pulse_cache: dict[tuple[float, float], tuple[float, float, float]] = {}
         self._table: tabular.Table | None = None  # a tabular device runs through crossbar_sim.tabular
         if self.device.model == "tabular":
@@ -120,7 +125,7 @@ class SimBackend(Backend):
     def _key(self) -> np.uint64:
         """One 64-bit key per write operation (the device streams of the kernels derive from it): the next raw
         64-bit output of the Generator's PCG64."""
-        return np.uint64(self._rng.bit_generator.random_raw())
+        return np.uint64(self._raw())
 
     def _pulse(self, v_V: float, width_s: float) -> tuple[float, float, float]:
         """(n_eff per pulse, disturb probability per half-select slot, n_eff per disturb) of pulses (V, t) under
@@ -181,11 +186,15 @@ class SimBackend(Backend):
 
     def _read_vmm(self, tile: int, v: np.ndarray) -> np.ndarray:
         t = self._tiles[tile]
+        if self._plain_read and v.shape[0] * t.g32.size < PLAIN_READ_MAX:  # noise-free small read: the product
+            return np.dot(v, t.g32)
         return readout.vmm(v, t.g32, self._g2(t), self._sigma_read, self._rng, self._dac_bits, self._v_fs,
                            self._adc_bits, self._i_full_scale(t.g.shape[0]))
 
     def _read_vmm_t(self, tile: int, v: np.ndarray) -> np.ndarray:
         t = self._tiles[tile]
+        if self._plain_read and v.shape[0] * t.g32.size < PLAIN_READ_MAX:
+            return np.dot(v, t.g32.T)
         g2 = self._g2(t)
         return readout.vmm(v, t.g32.T, None if g2 is None else g2.T, self._sigma_read, self._rng, self._dac_bits,
                            self._v_fs, self._adc_bits, self._i_full_scale(t.g.shape[1]))

@@ -254,21 +254,22 @@ def pulse_table(s_up: float, s_down: float, b_up: float, b_down: float, kmax: in
 
 
 @njit(cache=True, inline="always")
-def advance(par: np.ndarray, i: int, j: int, g: float, r: int, lin: bool, neff: float, e: float, sq: float,
+def advance(parf: np.ndarray, k: int, g: float, r: int, lin: bool, neff: float, e: float, sq: float,
             sigma: float, seed: np.uint64, m: int) -> float:
-    """One write of ``neff`` effective pulses of polarity r (0 = set/up, 1 = reset/down) to device (i, j) at
-    conductance ``g``: the affine map, c2c noise N(0, σ·(Gmax − Gmin)·√neff) (stream slots from m), clip to
-    [Gmin, Gmax]. ``e`` = exp(−neff·b) and ``sq`` = √neff if the caller has them, else NaN. Returns the new G (S).
-    The polarity selects parameter planes by index arithmetic, not by a branch (mixed signs stay fast)."""
-    a = par[2 + 2 * r, i, j]
+    """One write of ``neff`` effective pulses of polarity r (0 = set/up, 1 = reset/down) to device k (flat index
+    i·cols + j; ``parf`` = ``par`` viewed as (6, rows·cols)) at conductance ``g``: the affine map, c2c noise
+    N(0, σ·(Gmax − Gmin)·√neff) (stream slots from m), clip to [Gmin, Gmax]. ``e`` = exp(−neff·b) and
+    ``sq`` = √neff if the caller has them, else NaN. Returns the new G (S). The polarity selects parameter planes
+    by index arithmetic, not by a branch (mixed signs stay fast)."""
+    a = parf[2 + 2 * r, k]
     if lin:
         gn = g + neff * a
     else:
         if e != e:
-            e = math.exp(-neff * par[3 + 2 * r, i, j])
+            e = math.exp(-neff * parf[3 + 2 * r, k])
         gn = a - (a - g) * e
-    lo = par[0, i, j]
-    hi = par[1, i, j]
+    lo = parf[0, k]
+    hi = parf[1, k]
     if sigma > 0.0:
         if sq != sq:
             sq = math.sqrt(neff)
@@ -276,32 +277,39 @@ def advance(par: np.ndarray, i: int, j: int, g: float, r: int, lin: bool, neff: 
     return min(max(gn, lo), hi)
 
 
+@njit(cache=True, inline="always")
+def flat(par: np.ndarray) -> np.ndarray:
+    """``par`` (planes, rows, cols) as a (planes, rows·cols) view: kernels index devices by k = i·cols + j (one
+    flat loop runs faster than nested short rows)."""
+    return par.reshape(par.shape[0], par.shape[1] * par.shape[2])
+
+
 # ------------------------------------------------------------------------------------------ program
-@njit(cache=True)
-def _program_row(i: int, g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.ndarray, lins: np.ndarray,
-                 tab: np.ndarray, sigma: float, key: np.uint64) -> None:
-    cols = g.shape[1]
+@njit(cache=True, inline="always")
+def _program_span(start: int, stop: int, gf: np.ndarray, g32f: np.ndarray, cf: np.ndarray, parf: np.ndarray,
+                  lins: np.ndarray, tab: np.ndarray, sigma: float, key: np.uint64) -> None:
+    """Devices start..stop−1 (flat) of a program: see :func:`program_par`."""
     kt = tab.shape[1]
     nan = np.nan
-    for j in range(cols):
-        n = counts[i, j]
+    for k in range(start, stop):
+        n = cf[k]
         if n == 0:
             continue
         r = np.int64(n < 0)
-        k = abs(n)
-        if k < kt:
-            neff = tab[r, k]
-            e = tab[2 + r, k]
-            sq = tab[4 + r, k]
+        m = abs(n)
+        if m < kt:
+            neff = tab[r, m]
+            e = tab[2 + r, m]
+            sq = tab[4 + r, m]
         else:  # beyond the table (only if a caller skipped the limit check): the same arithmetic, uncached
-            neff = k * tab[r, 1]
+            neff = m * tab[r, 1]
             e = nan
             sq = nan
         if neff == 0.0:
             continue
-        gn = advance(par, i, j, g[i, j], r, lins[r], neff, e, sq, sigma, device_seed(key, i * cols + j), M_NOISE1)
-        g[i, j] = gn
-        g32[i, j] = np.float32(gn)
+        gn = advance(parf, k, gf[k], r, lins[r], neff, e, sq, sigma, device_seed(key, k), M_NOISE1)
+        gf[k] = gn
+        g32f[k] = np.float32(gn)
 
 
 @njit(cache=True, parallel=True)
@@ -309,17 +317,18 @@ def program_par(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.ndar
                 tab: np.ndarray, sigma: float, key: np.uint64) -> None:
     """Signed counts per device, rows in parallel: n > 0 one write of n_eff = tab[0, n] set pulses, n < 0 one
     write of tab[1, |n|] reset pulses (see :func:`pulse_table`); zeros and n_eff = 0 are skipped. ``lins`` =
-    (set polarity linear, reset polarity linear). Updates g and g32 in place."""
-    for i in prange(g.shape[0]):
-        _program_row(i, g, g32, counts, par, lins, tab, sigma, key)
+    (set polarity linear, reset polarity linear). Updates g and g32 (C-contiguous) in place."""
+    rows, cols = g.shape
+    gf, g32f, cf, parf = g.ravel(), g32.ravel(), counts.ravel(), flat(par)
+    for i in prange(rows):
+        _program_span(i * cols, (i + 1) * cols, gf, g32f, cf, parf, lins, tab, sigma, key)
 
 
 @njit(cache=True)
 def program_ser(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.ndarray, lins: np.ndarray,
                 tab: np.ndarray, sigma: float, key: np.uint64) -> None:
     """:func:`program_par` on one thread."""
-    for i in range(g.shape[0]):
-        _program_row(i, g, g32, counts, par, lins, tab, sigma, key)
+    _program_span(0, g.size, g.ravel(), g32.ravel(), counts.ravel(), flat(par), lins, tab, sigma, key)
 
 
 @njit(cache=True)
@@ -369,21 +378,23 @@ def program_disturb(g: np.ndarray, g32: np.ndarray, counts: np.ndarray, par: np.
     of the reset polarity."""
     rows, cols = g.shape
     col_up, col_dn, row_up, row_dn = _line_loads(counts)
+    parf = flat(par)
     nan = np.nan
     for i in prange(rows):
         for j in range(cols):
             n = np.int64(counts[i, j])
             m_up = n if n > 0 else 0
             m_dn = -n if n < 0 else 0
-            seed = device_seed(key, i * cols + j)
+            k = i * cols + j
+            seed = device_seed(key, k)
             d_up, d_dn = program_disturbs(i, j, m_up, m_dn, col_up, col_dn, row_up, row_dn, h_up, h_down, seed)
             gn = g[i, j]
             neff = m_up * s_up + d_up * e_up
             if neff > 0.0:
-                gn = advance(par, i, j, gn, 0, lin_up, neff, nan, nan, sigma, seed, M_NOISE1)
+                gn = advance(parf, k, gn, 0, lin_up, neff, nan, nan, sigma, seed, M_NOISE1)
             neff = m_dn * s_down + d_dn * e_down
             if neff > 0.0:
-                gn = advance(par, i, j, gn, 1, lin_down, neff, nan, nan, sigma, seed, M_NOISE2)
+                gn = advance(parf, k, gn, 1, lin_down, neff, nan, nan, sigma, seed, M_NOISE2)
             g[i, j] = gn
             g32[i, j] = np.float32(gn)
 
@@ -413,8 +424,8 @@ def coincidences(pc: float, ph: float, slots: int, mode: int, h: float, seed: np
     return n_c, n_d
 
 
-@njit(cache=True)
-def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.ndarray, q: np.ndarray,
+@njit(cache=True, inline="always")
+def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, parf: np.ndarray, p: np.ndarray, q: np.ndarray,
                rows_idx: np.ndarray, cols_idx: np.ndarray, slots: int, mode: int, up: bool, lin: bool,
                tab: np.ndarray, h: float, e_d: float, sigma: float, key: np.uint64, ctab: np.ndarray) -> None:
     cols = g.shape[1]
@@ -428,7 +439,8 @@ def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.n
         ph = pi + qj - 2.0 * pc if h > 0.0 else 0.0
         if pc == 0.0 and ph <= 0.0:
             continue
-        seed = device_seed(key, i * cols + j)
+        k = i * cols + j
+        seed = device_seed(key, k)
         n_c, n_d = coincidences(pc, ph, slots, mode, h, seed, ctab)
         if n_d == 0:
             neff = tab[r, n_c]
@@ -439,7 +451,7 @@ def _outer_row(ii: int, g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.n
             e = np.nan
             sq = np.nan
         if neff > 0.0:
-            gn = advance(par, i, j, g[i, j], r, lin, neff, e, sq, sigma, seed, M_NOISE1)
+            gn = advance(parf, k, g[i, j], r, lin, neff, e, sq, sigma, seed, M_NOISE1)
             g[i, j] = gn
             g32[i, j] = np.float32(gn)
 
@@ -455,8 +467,9 @@ def outer_par(g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.ndarray, q:
     marginal of disturbs at probability h per half-select slot). Expected: n_c, n_d are the stochastically
     rounded means slots·πc and slots·h·πh. One write of n_eff = tab[↑/↓, n_c] + n_d·e_d effective pulses."""
     ctab = ratio_table(slots)
+    parf = flat(par)
     for ii in prange(rows_idx.shape[0]):
-        _outer_row(ii, g, g32, par, p, q, rows_idx, cols_idx, slots, mode, up, lin, tab, h, e_d, sigma, key,
+        _outer_row(ii, g, g32, parf, p, q, rows_idx, cols_idx, slots, mode, up, lin, tab, h, e_d, sigma, key,
                    ctab)
 
 
@@ -466,6 +479,7 @@ def outer_ser(g: np.ndarray, g32: np.ndarray, par: np.ndarray, p: np.ndarray, q:
               e_d: float, sigma: float, key: np.uint64) -> None:
     """:func:`outer_par` on one thread."""
     ctab = ratio_table(slots)
+    parf = flat(par)
     for ii in range(rows_idx.shape[0]):
-        _outer_row(ii, g, g32, par, p, q, rows_idx, cols_idx, slots, mode, up, lin, tab, h, e_d, sigma, key,
+        _outer_row(ii, g, g32, parf, p, q, rows_idx, cols_idx, slots, mode, up, lin, tab, h, e_d, sigma, key,
                    ctab)
