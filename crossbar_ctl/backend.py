@@ -299,7 +299,8 @@ class Backend(abc.ABC):
 
     def _check_tile(self, tile: int) -> tuple[int, int]:
         """Refuse a closed backend or a bad tile index; return the tile's (rows, cols)."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
         shapes = self._capabilities().tile_shapes
         if not isinstance(tile, (int, np.integer)) or not 0 <= tile < len(shapes):
             raise IndexError(f"tile must be an integer in [0, {len(shapes) - 1}], got {tile!r}")
@@ -313,21 +314,23 @@ class Backend(abc.ABC):
             raise IndexError(f"col must be in [0, {cols - 1}] for tile {tile}, got {col!r}")
 
     def _check_voltages(self, v: np.ndarray, n: int, name: str) -> tuple[np.ndarray, bool]:
-        arr = np.asarray(v)
-        if arr.dtype != np.float32 and not (np.issubdtype(arr.dtype, np.floating)
-                                            or np.issubdtype(arr.dtype, np.integer)):
-            raise TypeError(f"{name} must be a real array of volts, got dtype {arr.dtype}")
+        arr = v if type(v) is np.ndarray else np.asarray(v)
+        if arr.dtype != np.float32:
+            if arr.dtype.kind not in "fiu":  # floating, signed or unsigned integer
+                raise TypeError(f"{name} must be a real array of volts, got dtype {arr.dtype}")
+            arr = arr.astype(np.float32)
         one = arr.ndim == 1
         if one:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != n:
             raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
         if arr.size:
             peak = abs_peak(arr)  # NaN if any element is NaN, inf if any is infinite
-            if not math.isfinite(peak):
-                raise ValueError(f"{name} contains NaN or infinity")
-            if peak > self.limits.max_voltage_V:
+            if not peak <= self.limits.max_voltage_V:  # (NaN fails every comparison)
+                if not math.isfinite(peak):
+                    raise ValueError(f"{name} contains NaN or infinity")
                 raise LimitError("max_voltage_V", peak, self.limits.max_voltage_V, name)
         return arr, one
 
