@@ -37,6 +37,7 @@ from crossbar_ctl.config import RunConfig
 from crossbar_ctl.decomposition.base import DenseUpdate, LowRankUpdate, Update
 from crossbar_ctl.errors import LimitError
 from crossbar_ctl.pulse_counts import abs_peak_total, add_abs, draw_key, round_counts, stochastic_round
+from crossbar_ctl.read_drive import currents_to_deltas, currents_to_outputs, deltas_to_volts, inputs_to_volts
 
 __all__ = ["Controller", "LayerMap", "OpCounts", "stochastic_round"]
 
@@ -52,6 +53,8 @@ class LayerMap:
     n_out: int
     g_scale_S: float
     dw: float  # weight change of one nominal pulse
+    tile_rows: int = 0  # the tile's shape
+    tile_cols: int = 0
 
 
 @dataclass
@@ -59,8 +62,9 @@ class OpCounts:
     """What the hardware spent: array operations and device pulses (expected counts for rank-seq).
 
     Rank-seq phases add slots·p_i·q_j to every device: a rank-1 term. They are kept as columns of a low-rank
-    buffer per layer and folded into ``per_device`` with one matrix product every :data:`FOLD` phases (and before
-    anyone reads it: use :meth:`per_device_counts`), instead of an N×M outer product per phase."""
+    buffer per layer (preallocated N×FOLD and M×FOLD arrays) and folded into ``per_device`` with one matrix
+    product every :data:`FOLD` phases (and before anyone reads it: use :meth:`per_device_counts`), instead of an
+    N×M outer product per phase."""
 
     reads: int = 0  # vectors read (forward and transpose)
     phases: int = 0  # outer_pulse phases
@@ -68,7 +72,7 @@ class OpCounts:
     program_ops: int = 0
     device_pulses: float = 0.0
     per_device: list[np.ndarray] = field(default_factory=list)
-    _pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    _pending: dict[int, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)  # (A, B, columns used)
 
     @property
     def array_ops(self) -> int:
@@ -76,17 +80,22 @@ class OpCounts:
 
     def add_rank1(self, layer: int, a: np.ndarray, b: np.ndarray, times: int = 1) -> None:
         """per_device[layer] += times·a bᵀ (deferred)."""
-        pend = self._pending.setdefault(layer, [])
-        pend.append((a * times, b))
-        if len(pend) >= FOLD:
+        pend = self._pending.get(layer)
+        if pend is None:
+            n, m = self.per_device[layer].shape
+            pend = (np.empty((n, FOLD)), np.empty((m, FOLD)), 0)
+        A, B, k = pend
+        np.multiply(a, times, out=A[:, k])
+        B[:, k] = b
+        self._pending[layer] = (A, B, k + 1)
+        if k + 1 >= FOLD:
             self._fold(layer)
 
     def _fold(self, layer: int) -> None:
-        pend = self._pending.pop(layer, [])
-        if pend:
-            A = np.stack([a for a, _ in pend], axis=1)
-            B = np.stack([b for _, b in pend], axis=1)
-            self.per_device[layer] += A @ B.T
+        A, B, k = self._pending.get(layer, (None, None, 0))
+        if k:
+            self.per_device[layer] += A[:, :k] @ B[:, :k].T
+            self._pending[layer] = (A, B, 0)
 
     def per_device_counts(self) -> list[np.ndarray]:
         """Pulses per device of every layer, with the deferred rank-seq terms folded in."""
@@ -142,9 +151,12 @@ class Controller:
                     f"layer {t} ({n_in} inputs x {n_out} outputs) needs a {n_in} x {2 * n_out} tile "
                     f"(differential pairs); tile {t} is {rows} x {cols}"
                 )
-            self.layers.append(LayerMap(t, n_in, n_out, g_scale, step_ref / g_scale))
+            self.layers.append(LayerMap(t, n_in, n_out, g_scale, step_ref / g_scale, rows, cols))
         self.counts = OpCounts(per_device=[np.zeros((n, m)) for n, m in layer_sizes])
         self._check_static_limits()
+        # Read drives reused from batch to batch, per (layer, "rows" or "cols"); lines the layer does not use
+        # stay at 0 V. (Reads log only the batch size, so no listener sees these buffers.)
+        self._drives: dict[tuple[int, str], np.ndarray] = {}
 
     def reset_counts(self) -> dict[str, float]:
         """Start counting afresh (after initial programming); returns the summary of what was counted so far."""
@@ -183,9 +195,9 @@ class Controller:
 
         Each input vector is scaled to the DAC range (v = x·v_read/max|x|) and the output rescaled back."""
         lay = self.layers[layer]
-        rows, cols = self.backend.shape(lay.tile)
         scale = np.maximum(x.max(axis=1, keepdims=True), -x.min(axis=1, keepdims=True)).astype(np.float32)
         scale[scale == 0] = 1.0
+        rows = lay.tile_rows
         v = (np.empty if rows == lay.n_in else np.zeros)((x.shape[0], rows), dtype=np.float32)  # undriven rows: 0 V
         np.multiply(x, np.float32(self.v_read) / scale, out=v[:, : lay.n_in], casting="unsafe")
         i = np.asarray(self.backend.read_vmm(lay.tile, v), dtype=np.float32)
@@ -193,19 +205,70 @@ class Controller:
         m = lay.n_out
         return (i[:, :m] - i[:, m : 2 * m]) * (scale / np.float32(lay.g_scale_S * self.v_read))
 
+    def forward_inputs(self, layer: int, src: np.ndarray, rows: np.ndarray, relu: bool = False,
+                       divisor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's input batch and its outputs: x = [src[rows], 1] (float32, the bias last; with ReLU applied
+        to src[rows] if ``relu``; or, for a ``divisor`` other than 1, src[rows]/divisor in float32, e.g. uint8 pixel
+        codes and 255) and y = Wᵀx read on the array, exactly as ``forward(layer, x)`` computes them, but with the
+        gather, the bias column and the scaling to volts done in one pass (no batch copy)."""
+        lay = self.layers[layer]
+        src = np.ascontiguousarray(src)
+        rows = np.ascontiguousarray(rows, dtype=np.intp)
+        if src.ndim != 2 or src.shape[1] + 1 != lay.n_in:
+            raise ValueError(f"layer {layer} takes {lay.n_in - 1} inputs (and the bias), got shape {src.shape}")
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= src.shape[0])):
+            raise IndexError(f"rows must be a 1-D index array within [0, {src.shape[0] - 1}]")
+        if divisor != 1.0 and relu:
+            raise ValueError("forward_inputs takes a divisor or relu, not both")
+        b = rows.shape[0]
+        xb = np.empty((b, lay.n_in), dtype=np.float32)
+        scale = np.empty(b, dtype=np.float32)
+        v = self._drive(layer, "rows", b, lay.tile_rows)
+        inputs_to_volts(src, rows, relu, np.float32(divisor), np.float32(self.v_read), xb, v, scale)
+        i = np.ascontiguousarray(self.backend.read_vmm(lay.tile, v), dtype=np.float32)
+        self.counts.reads += b
+        z = np.empty((b, lay.n_out), dtype=np.float32)
+        currents_to_outputs(i, lay.n_out, scale, np.float32(lay.g_scale_S * self.v_read), z)
+        return xb, z
+
+    def _drive(self, layer: int, direction: str, batch: int, lines: int) -> np.ndarray:
+        """The reused (batch, lines) float32 drive buffer of ``layer``; lines a layer leaves undriven stay 0 V."""
+        v = self._drives.get((layer, direction))
+        if v is None or v.shape[0] != batch:
+            v = self._drives[(layer, direction)] = np.zeros((batch, lines), dtype=np.float32)
+        return v
+
+    def _read_t(self, layer: int, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Row currents of the transpose read of ``delta`` (B, n_out) (G+ columns at +v, G− at −v) and the
+        per-sample input scale."""
+        lay = self.layers[layer]
+        delta = np.ascontiguousarray(delta)
+        if delta.ndim != 2 or delta.shape[1] != lay.n_out:
+            raise ValueError(f"delta for layer {layer} must be (batch, {lay.n_out}), got shape {delta.shape}")
+        b = delta.shape[0]
+        scale = np.empty(b, dtype=np.float32)
+        v = self._drive(layer, "cols", b, lay.tile_cols)
+        deltas_to_volts(delta, np.float32(self.v_read), v, scale)
+        i = np.ascontiguousarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float32)
+        self.counts.reads += b
+        return i, scale
+
     def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
         """δ_in = W δ (B, n_in) on the array by ``read_vmm_t``: columns G+ driven at +v, G− at −v."""
         lay = self.layers[layer]
-        rows, cols = self.backend.shape(lay.tile)
-        scale = np.maximum(delta.max(axis=1, keepdims=True), -delta.min(axis=1, keepdims=True)).astype(np.float32)
-        scale[scale == 0] = 1.0
-        m = lay.n_out
-        v = (np.empty if cols == 2 * m else np.zeros)((delta.shape[0], cols), dtype=np.float32)
-        np.multiply(delta, np.float32(self.v_read) / scale, out=v[:, :m], casting="unsafe")
-        np.negative(v[:, :m], out=v[:, m : 2 * m])
-        i = np.asarray(self.backend.read_vmm_t(lay.tile, v), dtype=np.float32)
-        self.counts.reads += delta.shape[0]
-        return i[:, : lay.n_in] * (scale / np.float32(lay.g_scale_S * self.v_read))
+        i, scale = self._read_t(layer, delta)
+        return i[:, : lay.n_in] * (scale[:, None] / np.float32(lay.g_scale_S * self.v_read))
+
+    def backward_relu(self, layer: int, delta: np.ndarray, pre: np.ndarray) -> np.ndarray:
+        """The deltas of the ReLU layer below: (W δ)[:, :n_in−1] ⊙ 1[pre > 0] (the bias row dropped), with
+        ``pre`` its pre-activations (B, n_in−1); W δ read on the array as in :meth:`backward`."""
+        lay = self.layers[layer]
+        if pre.shape != (delta.shape[0], lay.n_in - 1):
+            raise ValueError(f"pre for layer {layer} must be {(delta.shape[0], lay.n_in - 1)}, got {pre.shape}")
+        i, scale = self._read_t(layer, delta)
+        out = np.empty(pre.shape, dtype=np.float32)
+        currents_to_deltas(i, scale, np.float32(lay.g_scale_S * self.v_read), np.ascontiguousarray(pre), out)
+        return out
 
     def read_weights(self, layer: int) -> np.ndarray:
         """W (n_in, n_out) from a conductance read of the layer's devices."""
@@ -281,8 +344,9 @@ class Controller:
 
     def _apply_dense(self, lay: LayerMap, g: np.ndarray, lr: float) -> None:
         """Program n = round(−lr·g/dw) (stochastic rounding, or to nearest with it off) in one pass."""
-        rows, cols = self.backend.shape(lay.tile)
-        n = np.zeros((rows, cols), dtype=np.int32)
+        if g.shape != (lay.n_in, lay.n_out):
+            raise ValueError(f"update of layer {lay.tile} must be {(lay.n_in, lay.n_out)}, got {g.shape}")
+        n = np.zeros((lay.tile_rows, lay.tile_cols), dtype=np.int32)
         key = draw_key(self.rng) if self.stochastic else np.uint64(0)
         g2 = np.ascontiguousarray(g, dtype=np.float64)
         stats = round_counts(g2, -lr / lay.dw, key, self.stochastic, n)
@@ -292,18 +356,13 @@ class Controller:
 
     def _apply_pair(self, lay: LayerMap, u: np.ndarray, v: np.ndarray, lr: float) -> None:
         # Δw = −lr·u vᵀ. Quadrant (sign u, sign v) with u_s·v_s > 0 lowers w (depression), < 0 raises it.
-        for su in (1, -1):
-            a = np.maximum(su * u, 0.0)
-            amax = float(a.max()) if a.size else 0.0
-            if amax <= 0.0:
-                continue
-            for sv in (1, -1):
-                b = np.maximum(sv * v, 0.0)
-                bmax = float(b.max()) if b.size else 0.0
-                if bmax <= 0.0:
-                    continue
-                polarity = -su * sv
-                self._phase(lay, a, amax, b, bmax, lr * amax * bmax / lay.dw, polarity)
+        u_parts = _sign_parts(u)
+        if not u_parts:
+            return
+        v_parts = _sign_parts(v)
+        for su, a, amax in u_parts:
+            for sv, b, bmax in v_parts:
+                self._phase(lay, a, amax, b, bmax, lr * amax * bmax / lay.dw, -su * sv)
 
     def _phase(self, lay: LayerMap, a: np.ndarray, amax: float, b: np.ndarray, bmax: float,
                n_max: float, polarity: int) -> None:
@@ -313,11 +372,10 @@ class Controller:
         n_phases = max(1, math.ceil(n_max / self.slots))
         per_phase = n_max / n_phases
         s = math.sqrt(per_phase / self.slots)
-        rows, cols = self.backend.shape(lay.tile)
-        p = np.zeros(rows)
-        q = np.zeros(cols)
-        p[: lay.n_in] = a * (s / amax)
-        q[: lay.n_out] = b * (s / bmax)
+        p = np.zeros(lay.tile_rows)
+        q = np.zeros(lay.tile_cols)
+        np.multiply(a, s / amax, out=p[: lay.n_in])
+        np.multiply(b, s / bmax, out=q[: lay.n_out])
         v = self.config.pulse.v_set_V if polarity > 0 else abs(self.config.pulse.v_reset_V)
         pa, qb = p[: lay.n_in], q[: lay.n_out]
         if self.outer_mode == "nearest":  # deterministic counts: what the device really gets (not rank 1)
@@ -332,6 +390,17 @@ class Controller:
             self.counts.phases += 1
             self.counts.device_pulses += total
             if expected is None:
-                self.counts.add_rank1(lay.tile, self.slots * pa, qb)
+                self.counts.add_rank1(lay.tile, pa, qb, self.slots)
             else:
                 self.counts.per_device[lay.tile] += expected
+
+
+def _sign_parts(w: np.ndarray) -> list[tuple[int, np.ndarray, float]]:
+    """(sign, max(sign·w, 0), its max) for sign +1 then −1, keeping only the parts with a positive entry."""
+    parts = []
+    for sign in (1, -1):
+        part = np.maximum(w if sign > 0 else -w, 0.0)
+        peak = float(part.max()) if part.size else 0.0
+        if peak > 0.0:
+            parts.append((sign, part, peak))
+    return parts

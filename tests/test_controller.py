@@ -170,3 +170,92 @@ def test_backend_boundary_refuses_energy_over_limit_before_sending() -> None:
     with pytest.raises(LimitError, match="max_energy_per_op_J"):
         be.program(0, n)
     assert be.calls == []  # nothing reached the array
+
+
+def _drive_reads(be: RecordingBackend, kind: str) -> list[np.ndarray]:
+    return [c[2] for c in be.calls if c[0] == kind]
+
+
+def test_forward_inputs_match_forward_of_the_biased_batch_exactly() -> None:
+    ctl, be = make(["array.rows=[12, 5]"])  # tile 0 has 3 undriven rows
+    rng = np.random.default_rng(4)
+    ctl.program_weights(0, rng.uniform(-0.5, 0.5, SIZES[0]))
+    src = rng.standard_normal((20, 8)).astype(np.float32)
+    src[3] = 0.0  # an all-zero row: scale 1 (the bias)
+    rows = np.array([5, 3, 3, 19, 0])
+    for relu in (False, True):
+        x = np.maximum(src[rows], 0.0) if relu else src[rows]
+        xb = np.hstack([x, np.ones((len(rows), 1), np.float32)])
+        ref = ctl.forward(0, xb)
+        v_ref = _drive_reads(be, "read_vmm")[-1]
+        got_x, got = ctl.forward_inputs(0, src, rows, relu=relu)
+        v_got = _drive_reads(be, "read_vmm")[-1]
+        assert got_x.dtype == np.float32 and got.dtype == np.float32
+        np.testing.assert_array_equal(got_x, xb)
+        np.testing.assert_array_equal(v_got, v_ref)  # same volts, undriven rows at 0 V
+        np.testing.assert_array_equal(got, ref)
+    # uint8 codes with a divisor give the float pixels
+    codes = rng.integers(0, 256, (6, 8)).astype(np.uint8)
+    pix = codes.astype(np.float32) / np.float32(255)
+    xb, z = ctl.forward_inputs(0, codes, np.arange(6), divisor=255.0)
+    np.testing.assert_array_equal(xb[:, :-1], pix)
+    np.testing.assert_array_equal(z, ctl.forward(0, np.hstack([pix, np.ones((6, 1), np.float32)])))
+    with pytest.raises(IndexError, match="rows"):
+        ctl.forward_inputs(0, src, np.array([20]))
+    with pytest.raises(IndexError, match="rows"):
+        ctl.forward_inputs(0, src, np.array([-1]))
+    with pytest.raises(ValueError, match="8 inputs"):
+        ctl.forward_inputs(0, src[:, :7], rows)
+    with pytest.raises(ValueError, match="not both"):
+        ctl.forward_inputs(0, codes, rows[:2], relu=True, divisor=255.0)
+
+
+def test_non_finite_inputs_are_refused_by_the_read() -> None:
+    ctl, be = make()
+    src = np.ones((3, 8), np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        src[1, 2] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            ctl.forward_inputs(0, src, np.arange(3))
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            ctl.backward(0, np.where(np.arange(4) == 1, bad, 1.0)[None, :])
+    assert "read_vmm" not in be.kinds() and "read_vmm_t" not in be.kinds()
+
+
+def test_backward_relu_is_the_gated_backward_without_the_bias_row() -> None:
+    ctl, be = make(["array.cols=[8, 9]"])  # tile 1 has 3 undriven columns
+    rng = np.random.default_rng(5)
+    ctl.program_weights(1, rng.uniform(-0.5, 0.5, SIZES[1]))
+    delta = rng.standard_normal((7, 3)).astype(np.float32)
+    delta[2] = 0.0
+    pre = rng.standard_normal((7, 4)).astype(np.float32)
+    ref = ctl.backward(1, delta)[:, :-1] * (pre > 0)
+    v_ref = _drive_reads(be, "read_vmm_t")[-1]
+    got = ctl.backward_relu(1, delta, pre)
+    np.testing.assert_array_equal(_drive_reads(be, "read_vmm_t")[-1], v_ref)
+    assert np.all(v_ref[:, 6:] == 0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref)
+    with pytest.raises(ValueError, match="pre for layer 1"):
+        ctl.backward_relu(1, delta, pre[:, :3])
+
+
+def test_deferred_rank_seq_counts_equal_the_sum_of_outer_products() -> None:
+    from crossbar_ctl.controller import FOLD, OpCounts
+
+    rng = np.random.default_rng(6)
+    counts = OpCounts(per_device=[np.zeros((9, 4))])
+    terms = [(rng.random(9), rng.random(4)) for _ in range(FOLD + 7)]  # one fold, and seven pending
+    for a, b in terms:
+        counts.add_rank1(0, a, b, times=3)
+    expected = sum(3 * np.outer(a, b) for a, b in terms)
+    np.testing.assert_allclose(counts.per_device_counts()[0], expected, rtol=1e-12)
+    counts.add_rank1(0, terms[0][0], terms[0][1])  # the buffer is reused after a fold
+    np.testing.assert_allclose(counts.per_device_counts()[0], expected + np.outer(*terms[0]), rtol=1e-12)
+
+
+def test_dense_update_must_match_the_layer() -> None:
+    ctl, be = make()
+    with pytest.raises(ValueError, match=r"must be \(9, 4\)"):
+        ctl.apply_update(0, DenseUpdate(np.zeros((10, 4))), 0.1, "rank-sum")
+    assert "program" not in be.kinds()

@@ -341,3 +341,13 @@ def test_pooled_images_are_block_means(bundled: Dataset) -> None:
     np.testing.assert_array_equal(small.y_train, bundled.y_train[:5])
     with pytest.raises(ValueError, match="pool factor must divide 28"):
         bundled.pooled(5)
+
+
+def test_pixel_codes_reproduce_the_pixels_exactly(bundled: Dataset, tmp_path: Path) -> None:
+    codes = bundled.codes_train
+    assert codes is not None and codes.dtype == np.uint8 and codes.shape == bundled.x_train.shape
+    np.testing.assert_array_equal(codes.astype(np.float32) / np.float32(bundled.codes_divisor), bundled.x_train)
+    limited = load_dataset(limit_train=5, limit_test=3)
+    np.testing.assert_array_equal(limited.codes_train, codes[:5])
+    assert limited.codes_train.base is None  # a copy of the kept images, not a view of the whole file
+    assert load_dataset(limit_train=5, limit_test=3, pool_px=7).codes_train is None  # block means: no codes

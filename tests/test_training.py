@@ -33,6 +33,54 @@ def test_layer_sizes_and_softmax_delta() -> None:
     assert list(pred) == [1, 0]
 
 
+def _softmax_xent_numpy(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """The plain numpy formulation softmax_xent must reproduce bit for bit."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(axis=1, keepdims=True)
+    idx = np.arange(len(y))
+    loss = float(-np.mean(np.log(np.maximum(p[idx, y], 1e-30))))
+    p[idx, y] -= 1.0
+    return loss, p, z.argmax(axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_xent_is_the_numpy_arithmetic_exactly(dtype: type) -> None:
+    rng = np.random.default_rng(7)
+    for batch, spread in ((1, 1.0), (64, 5.0), (1000, 40.0)):
+        z = (rng.standard_normal((batch, 10)) * spread).astype(dtype)
+        z[::3, 4] = z[::3, 7]  # ties: the first maximum is the prediction
+        y = rng.integers(0, 10, batch)
+        loss, delta, pred = softmax_xent(z.copy(), y)
+        ref_loss, ref_delta, ref_pred = _softmax_xent_numpy(z.copy(), y)
+        assert loss == ref_loss and delta.dtype == ref_delta.dtype
+        np.testing.assert_array_equal(delta, ref_delta)
+        np.testing.assert_array_equal(pred, ref_pred)
+    with pytest.raises(IndexError, match="label"):
+        softmax_xent(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_pixel_code_batches_train_exactly_like_float_pixels(mocker) -> None:
+    cfg = small('training.method="mbgd"', 'training.mode="rank-sum"', "training.limit_train=256",
+                "training.limit_test=100", "training.batch_size=64")
+    codes = Trainer(cfg, None, progress=False)
+    assert codes._x_src.dtype == np.uint8 and codes._x_divisor == 255.0
+    with_codes = codes.run()
+    import dataclasses
+
+    from crossbar_ctl.training import trainer as trainer_module
+
+    load = trainer_module.load_dataset
+    mocker.patch.object(trainer_module, "load_dataset",
+                        side_effect=lambda *a, **k: dataclasses.replace(load(*a, **k), codes_train=None))
+    floats = Trainer(cfg, None, progress=False)
+    assert floats._x_src is floats.data.x_train and floats._x_divisor == 1.0
+    with_floats = floats.run()
+    for key in ("final_test_accuracy", "device_pulses", "max_pulses_per_device", "array_ops"):
+        assert with_codes[key] == with_floats[key]
+    assert [e["train_loss"] for e in with_codes["epochs"]] == [e["train_loss"] for e in with_floats["epochs"]]
+
+
 @pytest.mark.parametrize("method, mode, rank, passes", [
     ("mbgd", "rank-sum", 1, 1),
     ("svd", "rank-seq", 2, 1),
@@ -125,3 +173,17 @@ def test_lr_decay_out_of_range_is_refused_naming_the_key() -> None:
 
     with pytest.raises(ConfigError, match=r"\[training\]\.lr_decay"):
         load_config(None, ["training.lr_decay=1.5"])
+
+
+def test_bench_train_warms_every_case_up_before_measuring(mocker) -> None:
+    from crossbar_ctl.training import bench
+
+    one = mocker.patch.object(bench, "_one", return_value=1.0)
+    mocker.patch.object(bench, "float_samples_per_s", return_value=2.0)
+    out = bench.bench_train(quick=True)
+    calls = [c.args for c in one.call_args_list]
+    assert calls[: len(bench.CASES)] == [(*case, 32, 64) for case in bench.CASES]
+    measured = calls[len(bench.CASES):]
+    assert [(m, mode, r, b) for m, mode, r, b, _ in measured[: 2 * len(bench.CASES)]] == [
+        (*case, b) for b in (64, 1024) for case in bench.CASES]
+    assert all(r["ratio_to_float"] == 0.5 for r in out["results"])

@@ -48,6 +48,9 @@ class Dataset:
 
     ``x_*`` are (n, 784) float32 pixel intensities in [0, 1] (row-major 28 x 28);
     ``y_*`` are (n,) int64 class labels in 0..9; ``source`` is where the files came from.
+    ``codes_train`` is None or the (n, 784) uint8 pixel codes x_train was made from,
+    ``x_train == float32(codes_train) / float32(codes_divisor)`` exactly: a quarter of the bytes, from which
+    the trainer gathers its random batches (that gather is bound by memory reads, not arithmetic).
     """
 
     x_train: np.ndarray
@@ -55,6 +58,8 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     source: str
+    codes_train: np.ndarray | None = None
+    codes_divisor: float = _PIXEL_FULL_SCALE
 
     def pooled(self, factor: int) -> "Dataset":
         """The images average-pooled over ``factor`` × ``factor`` pixel blocks: (28/factor)² inputs per image (a
@@ -70,7 +75,7 @@ class Dataset:
             return x.reshape(-1, k, factor, k, factor).mean(axis=(2, 4), dtype=np.float32).reshape(-1, k * k)
 
         return Dataset(pool(self.x_train), self.y_train, pool(self.x_test), self.y_test,
-                       f"{self.source} (pooled {factor}x{factor} to {k}x{k})")
+                       f"{self.source} (pooled {factor}x{factor} to {k}x{k})")  # block means have no pixel codes
 
     @property
     def n_train(self) -> int:
@@ -121,8 +126,9 @@ def _read_split(
     labels_file: resources_abc.Traversable,
     limit: int | None,
     limit_name: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read, validate and convert one split; return (x float32 (n, 784) in [0, 1], y int64 (n,))."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read, validate and convert one split; return (x float32 (n, 784) in [0, 1], y int64 (n,), and the uint8
+    pixel codes (n, 784) that x is code/255 of)."""
     images_source, labels_source = str(images_file), str(labels_file)
     images = parse_idx(images_file.read_bytes(), source=images_source)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE_PX:
@@ -153,10 +159,11 @@ def _read_split(
         raise ValueError(f"{limit_name}={limit} exceeds the {n_items} items in {images_source}")
 
     n_kept = n_items if limit is None else limit
-    x = images[:n_kept].reshape(n_kept, N_PIXELS).astype(np.float32)
+    codes = images[:n_kept].reshape(n_kept, N_PIXELS).copy()  # its own memory, not a view of the whole file
+    x = codes.astype(np.float32)
     x /= np.float32(_PIXEL_FULL_SCALE)
     y = labels[:n_kept].astype(np.int64)
-    return x, y
+    return x, y, codes
 
 
 def load_mnist(
@@ -191,6 +198,7 @@ def load_mnist(
     found = _locate_files(root)
     train_images, train_labels = MNIST_FILE_STEMS["train"]
     test_images, test_labels = MNIST_FILE_STEMS["test"]
-    x_train, y_train = _read_split(found[train_images], found[train_labels], limit_train, "limit_train")
-    x_test, y_test = _read_split(found[test_images], found[test_labels], limit_test, "limit_test")
-    return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, source=str(root))
+    x_train, y_train, codes_train = _read_split(found[train_images], found[train_labels], limit_train, "limit_train")
+    x_test, y_test, _ = _read_split(found[test_images], found[test_labels], limit_test, "limit_test")
+    return Dataset(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, source=str(root),
+                   codes_train=codes_train)

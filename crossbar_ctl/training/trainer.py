@@ -73,6 +73,10 @@ class Trainer:
         self.data = load_dataset(t.dataset, data_dir=t.data_dir, limit_train=t.limit_train,
                                  limit_test=t.limit_test, pool_px=t.pool_px)
         self.sizes = layer_sizes(self.data.x_train.shape[1], list(t.hidden), 10)
+        # Batches are gathered from the uint8 pixel codes where the data set has them (a quarter of the bytes; the
+        # inputs are the same float32 numbers, code/255).
+        d = self.data
+        self._x_src, self._x_divisor = (d.x_train, 1.0) if d.codes_train is None else (d.codes_train, d.codes_divisor)
         self._own_backend = backend is None
         self.backend = backend if backend is not None else connect(config)
         self.oplog: OpLog | None = None
@@ -179,10 +183,10 @@ class Trainer:
         start = time.perf_counter()
         for b in range(n_batches):
             idx = perm[b * bs : (b + 1) * bs]
-            res = self.model.step(x[idx], y[idx])
+            res = self.model.step(self._x_src, y, idx, self._x_divisor)  # gathers x[idx] in its first read pass
             for l, comp in enumerate(self.compressors):
                 comp.start_batch()
-                comp.consume(res.inputs[l], res.deltas[l])
+                comp.consume(res.inputs[l], res.deltas[l], x_checked=True)  # the read refused non-finite inputs
                 self.controller.apply_update(l, comp.finish_batch(), lr, t.mode)
             if self.oplog is not None:
                 self.oplog.flush(OPLOG_BATCH_FLUSH_S)  # nothing to do with op_log_flush = "op"
