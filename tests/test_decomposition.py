@@ -118,6 +118,50 @@ def test_consume_validation(name: str) -> None:
     assert update.to_dense().shape == (N, M)
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_x_checked_skips_only_the_finiteness_check_of_x(name: str) -> None:
+    X, D = nonneg_batch(1, b=1)
+    c = make(name)
+    c.start_batch()
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        c.consume(bad, D)
+    with pytest.raises(ValueError, match="NaN"):
+        c.consume(X, np.full((1, M), np.nan), x_checked=True)  # delta is still checked
+    with pytest.raises(ValueError, match="expected N"):
+        c.consume(np.zeros((1, N + 1)), D, x_checked=True)
+    c.consume(X, D, x_checked=True)
+    np.testing.assert_allclose(c.finish_batch().to_dense(), run(make(name), X, D).to_dense(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name, options", [("streaming-pca", {}), ("nmf", {}), ("nmf", {"factors": "separate"}),
+                                           ("mbgd", {}), ("svd", {})])
+def test_float32_batches_give_the_float64_update_to_single_precision(name: str, options: dict) -> None:
+    c32, c64 = make(name, **options), make(name, **options)
+    for seed in range(4):  # both half steps of the alternating methods, twice
+        X, D = nonneg_batch(seed, b=64)
+        u32 = run(c32, X.astype(np.float32), D.astype(np.float32)).to_dense()
+        u64 = run(c64, X, D).to_dense()
+        assert u32.dtype == np.float64
+        np.testing.assert_allclose(u32, u64, rtol=2e-4, atol=2e-5 * np.abs(u64).max())
+
+
+@pytest.mark.parametrize("b, n, m", [(24, 300, 7), (1024, 785, 100)])  # row blocks; one call on all cores
+def test_add_outer_accumulates_the_product(b: int, n: int, m: int, mocker) -> None:
+    from crossbar_ctl.blas import WIDE_MIN_FLOPS
+    from crossbar_ctl.decomposition import _linalg
+
+    wide = mocker.spy(_linalg, "wide")
+    r = np.random.default_rng(8)
+    A, Bm = r.random((b, n), dtype=np.float32), r.standard_normal((b, m)).astype(np.float32)
+    acc = r.standard_normal((n, m))
+    start = acc.copy()
+    _linalg.add_outer(acc, A, Bm)
+    np.testing.assert_allclose(acc, start + A.astype(np.float64).T @ Bm, rtol=1e-5, atol=1e-4)
+    assert wide.call_count == (1 if 2.0 * b * n * m >= WIDE_MIN_FLOPS else 0)
+
+
 def test_sgd_is_one_pair_outer_product() -> None:
     X, D = nonneg_batch(2, b=2)
     c = make("sgd")

@@ -119,6 +119,13 @@ def _as_float_array(name: str, a: Any) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
+def _like(factor: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """``factor`` in the batch's precision (no copy if it already is), so that the product of a float32 batch
+    (B x N) with a small float64 factor (N x k) runs in single precision on the batch as it is, instead of
+    numpy converting the whole batch to float64 first (that conversion cost more than the product)."""
+    return factor.astype(batch.dtype, copy=False)
+
+
 def _all_finite(a: np.ndarray) -> bool:
     """No NaN or infinity in ``a`` (a finite sum proves it in one pass without a temporary)."""
     return bool(np.isfinite(a.sum())) or bool(np.isfinite(a).all())
@@ -168,14 +175,16 @@ class Compressor(ABC):
         self._start()
         self._peak = held_floats(self)
 
-    def consume(self, x: np.ndarray, delta: np.ndarray) -> None:
+    def consume(self, x: np.ndarray, delta: np.ndarray, x_checked: bool = False) -> None:
         """Add pairs: ``x`` (N,) with ``delta`` (M,), or ``x`` (b, N) with ``delta`` (b, M).
 
-        Equivalent (up to rounding) to consuming the ``b`` pairs one at a time.
+        Equivalent (up to rounding) to consuming the ``b`` pairs one at a time. ``x_checked=True`` skips the one
+        check that repeats an earlier one, that x is finite: for inputs that were just read on the array, whose
+        voltage check refused NaN and infinity (the trainer's layer inputs); everything else is still checked.
         """
         if not self._in_batch:
             raise RuntimeError(f"{self.name}: call start_batch() before consume()")
-        X, D = self._validate(x, delta)
+        X, D = self._validate(x, delta, x_checked)
         if X.shape[0] == 0:
             return
         self._consume(X, D)
@@ -231,7 +240,7 @@ class Compressor(ABC):
         """Record the floats currently held (call where a method transiently holds more)."""
         self._peak = max(self._peak, held_floats(self))
 
-    def _validate(self, x: Any, delta: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _validate(self, x: Any, delta: Any, x_checked: bool = False) -> tuple[np.ndarray, np.ndarray]:
         X = _as_float_array("x", x)
         D = _as_float_array("delta", delta)
         if X.ndim != D.ndim or X.ndim not in (1, 2):
@@ -249,7 +258,7 @@ class Compressor(ABC):
             )
         if X.shape[0] != D.shape[0]:
             raise ValueError(f"{self.name}: x has {X.shape[0]} rows but delta has {D.shape[0]}")
-        if not _all_finite(X):
+        if not x_checked and not _all_finite(X):
             raise ValueError(f"{self.name}: x contains NaN or inf")
         if not _all_finite(D):
             raise ValueError(f"{self.name}: delta contains NaN or inf")

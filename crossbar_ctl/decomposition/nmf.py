@@ -67,7 +67,7 @@ import numpy as np
 
 from ._linalg import add_outer
 from ._nnls import nnls_rows_
-from .base import Compressor, LowRankUpdate, StateDict, _append_rows, _check_int
+from .base import Compressor, LowRankUpdate, StateDict, _append_rows, _check_int, _like
 
 __all__ = ["NMF"]
 
@@ -136,9 +136,9 @@ class NMF(Compressor):
         """H = [H+; H-] (2M x k), non-negative (copy); "separate": ``[H+ | H-]`` (M x 2k)."""
         return self._H.copy()
 
-    def _validate(self, x: Any, delta: Any) -> tuple[np.ndarray, np.ndarray]:
-        X, D = super()._validate(x, delta)
-        if (X < 0).any():
+    def _validate(self, x: Any, delta: Any, x_checked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        X, D = super()._validate(x, delta, x_checked)
+        if X.size and X.min() < 0:  # one pass, no temporary (X is finite here)
             bad = int((X < 0).sum())
             raise ValueError(
                 f"nmf: x must be non-negative (ReLU outputs, pixels, bias); {bad} negative "
@@ -163,24 +163,26 @@ class NMF(Compressor):
             return
         if self.separate:
             self._consume_separate(X, D)
-        elif self._phase == _H_STEP:
-            XW = X @ self._W  # (b, k)
+        elif self._phase == _H_STEP:  # products in the batch's precision
+            XW = X @ _like(self._W, X)  # (b, k)
             add_outer(self._H[:M], np.maximum(D, 0.0), XW)  # H+ part += D+^T X W
             add_outer(self._H[M:], np.maximum(-D, 0.0), XW)  # H- part += D-^T X W
         else:
-            E = np.maximum(D, 0.0) @ self._H[:M] + np.maximum(-D, 0.0) @ self._H[M:]
+            H = _like(self._H, D)
+            E = np.maximum(D, 0.0) @ H[:M] + np.maximum(-D, 0.0) @ H[M:]
             add_outer(self._W, X, E)  # W += X^T (D+ H+ + D- H-)
 
     def _consume_separate(self, X: np.ndarray, D: np.ndarray) -> None:
         k = self.rank
-        if self._phase == _H_STEP:
-            XW = X @ self._W  # (b, 2k) = [X W+ | X W-]
+        if self._phase == _H_STEP:  # products in the batch's precision
+            XW = X @ _like(self._W, X)  # (b, 2k) = [X W+ | X W-]
             add_outer(self._H[:, :k], np.maximum(D, 0.0), XW[:, :k])  # H+ += D+^T X W+
             add_outer(self._H[:, k:], np.maximum(-D, 0.0), XW[:, k:])  # H- += D-^T X W-
         else:
-            E = np.empty((X.shape[0], 2 * k))
-            np.matmul(np.maximum(D, 0.0), self._H[:, :k], out=E[:, :k])  # D+ H+
-            np.matmul(np.maximum(-D, 0.0), self._H[:, k:], out=E[:, k:])  # D- H-
+            H = _like(self._H, D)
+            E = np.empty((X.shape[0], 2 * k), dtype=H.dtype)
+            np.matmul(np.maximum(D, 0.0), H[:, :k], out=E[:, :k])  # D+ H+
+            np.matmul(np.maximum(-D, 0.0), H[:, k:], out=E[:, k:])  # D- H-
             add_outer(self._W, X, E)  # [W+ | W-] += X^T [D+ H+ | D- H-]
 
     def _solve(self, fixed: np.ndarray, rhs: np.ndarray) -> None:

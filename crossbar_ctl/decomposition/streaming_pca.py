@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._linalg import add_outer, orthonormalize_, right_multiply_
-from .base import Compressor, LowRankUpdate, StateDict, _append_rows, _check_int
+from .base import Compressor, LowRankUpdate, StateDict, _append_rows, _check_int, _like
 
 __all__ = ["StreamingPCA"]
 
@@ -124,9 +124,9 @@ class StreamingPCA(Compressor):
             self._bx = _append_rows(self._bx, X)
             self._bd = _append_rows(self._bd, D)
         elif self._phase == _LEFT:
-            add_outer(self._U, X, D @ self._V)  # U += X^T (D V)
+            add_outer(self._U, X, D @ _like(self._V, D))  # U += X^T (D V), in the batch's precision
         else:
-            add_outer(self._V, D, X @ self._U)  # V += D^T (X U)
+            add_outer(self._V, D, X @ _like(self._U, X))  # V += D^T (X U)
 
     def _finish(self, n: int) -> LowRankUpdate:
         if self.passes > 1:
