@@ -8,6 +8,9 @@ fifth of a training step at batch 64. Here each is one pass over the data.
 Random numbers: stochastic rounding of element k uses u_k = H(key, k) ∈ [0, 1), a SplitMix64 hash of one 64-bit
 key drawn from the caller's seeded Generator per call, so results depend only on the seed and the operation
 sequence (and not on the number of threads).
+
+The passes run on one thread: a 785×100 layer takes ~50 µs serially, and a parallel region on cores shared with
+other work waited up to a scheduler time slice (p90 24 ms, measured on 2 busy cores) for its worker thread.
 """
 from __future__ import annotations
 
@@ -30,16 +33,16 @@ def _unit(key: np.uint64, k: np.uint64) -> float:
     return float(z >> _S11) * _TO_UNIT
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def round_counts(g: np.ndarray, factor: float, key: np.uint64, stochastic: bool, out: np.ndarray) -> tuple[int, int, int]:
     """out[i, j] = round(factor·g[i, j]) for the (rows, cols) block of g at the top left of ``out`` (the rest of
     ``out`` is left as it is): stochastic rounding ⌊x⌋ + [u < x − ⌊x⌋] or round half away from zero to nearest.
     Returns (max |n|, Σ|n|, rows with a nonzero count) over the block."""
     rows, cols = g.shape
-    peak = np.zeros(rows, dtype=np.int64)
-    total = np.zeros(rows, dtype=np.int64)
-    for i in numba.prange(rows):
-        pk = 0
+    peak = 0
+    total = 0
+    nz = 0
+    for i in range(rows):
         tot = 0
         base = np.uint64(i) * np.uint64(cols)
         for j in range(cols):
@@ -52,15 +55,12 @@ def round_counts(g: np.ndarray, factor: float, key: np.uint64, stochastic: bool,
             out[i, j] = n
             a = n if n >= 0 else -n
             tot += a
-            if a > pk:
-                pk = a
-        peak[i] = pk
-        total[i] = tot
-    nz = 0
-    for i in range(rows):
-        if total[i] > 0:
+            if a > peak:
+                peak = a
+        total += tot
+        if tot > 0:
             nz += 1
-    return int(peak.max()) if rows else 0, int(total.sum()), nz
+    return peak, total, nz
 
 
 @numba.njit(cache=True)

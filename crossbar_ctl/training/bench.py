@@ -37,6 +37,8 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
         "device": "agsi",
         "results": [],
     }
+    for method, mode, rank in CASES:  # warm-up, as the float loop has: JIT compilation and caches are not training
+        _one(method, mode, rank, 32, 64)
     for batch in (64, 1024):
         n = (2048 if quick else 10000) // batch * batch
         ref = float_samples_per_s(data.x_train[:n], data.y_train[:n], batch, 0.1)
