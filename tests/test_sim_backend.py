@@ -58,8 +58,10 @@ def test_read_vmm_and_transpose_equal_g_times_v() -> None:
     assert out_t.shape == (4, 30)
     ref_t = vt.astype(np.float32).astype(np.float64) @ g.T
     assert np.all(np.abs(out_t - ref_t) <= 1e-6 * (np.abs(vt) @ g.T))
-    one = b.read_vmm(0, v[0])
-    assert one.shape == (20,) and np.array_equal(one, out[0])
+    one = b.read_vmm(0, v[0])  # a single vector: same values up to float32 summation order (gemv vs gemm)
+    assert one.shape == (20,)
+    assert np.all(np.abs(one - ref[0]) <= 1e-6 * scale[0])
+    assert np.all(np.abs(one - out[0]) <= 2e-6 * scale[0])
     np.testing.assert_array_equal(b.read_conductance(0), g)
 
 
