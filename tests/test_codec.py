@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from crossbar_ctl.config import LimitsSection
 from crossbar_ctl.errors import InstrumentError, LimitError, ProtocolError
 from crossbar_instruments import codec
-from crossbar_instruments.blocks import (BufferSource, decode_array, encode_array, encode_block,
+from crossbar_instruments.blocks import (BufferSource, decode_array, encode_array, encode_block, frame,
                                          read_message)
 
 F32 = np.float32
@@ -19,7 +19,7 @@ COMMAND_EXAMPLES: dict[str, tuple[int | None, dict]] = {
     "idn": (None, {}), "rst": (None, {}), "cls": (None, {}), "opc": (None, {}), "err": (None, {}),
     "err_count": (None, {}), "safe": (None, {}), "sync": (None, {"token": 17}), "output": (None, {"on": True}),
     "output_q": (None, {}), "tile_count": (None, {}), "tile_size": (3, {}), "outer_modes": (None, {}),
-    "seq_last_q": (None, {}), "seq_last": (None, {"seq": 41}),
+    "seq_last_q": (None, {}), "seq_last": (None, {"seq": 41}), "seq_status": (None, {}),
     "vmm": (0, {"seq": 1, "v": np.array([[0.1, -0.2, 0.0], [1.5, 2.0, -3.0]], dtype=F32)}),
     "vmm_t": (1, {"seq": 2, "v": np.array([[0.25, 10.0 / 3.0]], dtype=np.float64)}),
     "cond": (12, {"seq": 3}), "cond_true": (0, {}),
@@ -36,6 +36,7 @@ REPLY_EXAMPLES: dict[str, dict] = {
     "err_count": {"count": 2}, "safe": {"safe": True}, "sync": {"token": 17}, "output_q": {"on": False},
     "tile_count": {"count": 2}, "tile_size": {"rows": 785, "cols": 200},
     "outer_modes": {"modes": ("stochastic", "expected")}, "seq_last_q": {"seq": 12},
+    "seq_status": {"seq": 12, "code": -222, "text": 'Data out of range; "max_voltage_V"'},
     "vmm": {"i": np.array([[1e-7, -2.5e-6]], dtype=F32)}, "vmm_t": {"i": np.array([[3e-9]], dtype=np.float64)},
     "cond": {"g": np.array([[3.0769e-9, 38.462e-9], [1e-8, 2e-8]])},
     "cond_true": {"g": np.array([[1.0, 2.0, 3.0]], dtype=F32)}, "cell_read": {"i": 7.692307692307693e-10},
@@ -75,6 +76,73 @@ def test_decode_array_rejects_wrong_length_dtype_and_shape() -> None:
         decode_array("F32", "2", payload, ("F32",), 2, b"")
     with pytest.raises(ProtocolError, match="NaN"):
         decode_array("F32", "1", b"\x00\x00\xc0\x7f", ("F32",), 1, b"")
+
+
+def test_zero_suppressed_block_bytes() -> None:
+    # 300 float32 (1200 bytes), nonzero at 0 (1.0), 9 (-0.0: its sign bit is a nonzero byte) and 299 (2.0)
+    a = np.zeros(300, dtype=F32)
+    a[0], a[9], a[299] = 1.0, -0.0, 2.0
+    mask = bytearray(38)  # ceil(300 / 8)
+    mask[0], mask[1], mask[37] = 0x80, 0x40, 0x10  # element 8j+k is bit 7-k of byte j
+    payload = bytes(mask) + b"\x00\x00\x80?" + b"\x00\x00\x00\x80" + b"\x00\x00\x00@"
+    fields = encode_array(a, ("F32",), suppress_zeros=True)
+    assert fields == [b"ZF32", b"300", b"#250" + payload]
+    assert encode_array(a, ("F32",)) == [b"F32", b"300", encode_block(a.tobytes())]  # dense unless asked
+    back = decode_array("ZF32", "300", payload, ("F32",), 1, b"")
+    assert back.tobytes() == a.tobytes() and back.dtype == F32 and back.flags.writeable
+    small = np.zeros(255, dtype=F32)  # 1020 bytes: below the size worth packing
+    assert encode_array(small, ("F32",), suppress_zeros=True)[0] == b"F32"
+    half = np.ones(300, dtype=F32)
+    half[::2] = 0  # packing would save less than half
+    assert encode_array(half, ("F32",), suppress_zeros=True)[0] == b"F32"
+
+
+def test_zero_suppressed_round_trips_every_dtype_and_shape() -> None:
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64, np.int16, np.int32):
+        for shape in ((785,), (64, 785), (785, 200), (3, 0)):
+            a = np.zeros(shape, dtype=dtype)
+            if a.size:
+                a.flat[rng.choice(a.size, a.size // 10, replace=False)] = rng.integers(-5, 5, a.size // 10)
+            name, shape_text, block = encode_array(a, ("F32", "F64", "I16", "I32"), suppress_zeros=True)
+            assert name.startswith(b"Z") == (a.nbytes >= 1024)
+            start = 2 + block[1] - 0x30
+            back = decode_array(name.decode(), shape_text.decode(), block[start:], ("F32", "F64", "I16", "I32"),
+                                len(shape), b"")
+            assert back.dtype == a.dtype and back.shape == a.shape and back.tobytes() == a.tobytes()
+
+
+@pytest.mark.parametrize("payload,match", [
+    (b"\x80", "shorter than its"),  # 9 elements need a 2-byte mask
+    (b"\x80\x00", "needs 6"),  # one element set, its 4 bytes missing
+    (b"\x80\x01\x00\x00\x80?", "beyond the 9 elements"),  # padding bit set
+    (b"\x80\x00\x00\x00\x80?\x00", "needs 6"),  # a byte too many
+])
+def test_zero_suppressed_block_refuses_inconsistent_lengths(payload: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match) as e:
+        decode_array("ZF32", "9", payload, ("F32",), 1, b"raw")
+    assert e.value.code == -161 and e.value.raw == b"raw"
+    with pytest.raises(ProtocolError, match="not allowed"):
+        decode_array("ZI16", "9", payload, ("F32",), 1, b"")
+    with pytest.raises(ProtocolError, match="NaN"):
+        decode_array("ZF32", "9", b"\x80\x00\x00\x00\xc0\x7f", ("F32",), 1, b"")
+
+
+def test_zero_suppressed_command_over_a_serial_link_decodes_the_same() -> None:
+    p = np.zeros(785)
+    p[[0, 10, 784]] = [0.5, 1.0, 0.25]
+    q = np.zeros(200)
+    q[:3] = 1.0 / 3.0
+    args = dict(seq=4, p=p, q=q, polarity=-1, slots=32, mode="stochastic", v=-2.0, width=1e-6)
+    dense = codec.encode_command("outer", tile=0, **args)
+    packed = codec.encode_command("outer", tile=0, suppress_zeros=True, **args)
+    assert packed.startswith(b"TILE0:OPUL 4,ZF64,785,#3123") and len(packed) < len(dense) // 10
+    for raw in (dense, packed):
+        cmd = codec.decode_command(raw)
+        assert cmd.args["p"].tobytes() == p.tobytes() and cmd.args["q"].tobytes() == q.tobytes()
+    with pytest.raises(ProtocolError) as e:  # the bounds [0, 1] hold for the suppressed form too
+        codec.decode_command(packed.replace(b"\x00\x00\x00\x00\x00\x00\xe0?", b"\x00\x00\x00\x00\x00\x00\xe0\xbf", 1))
+    assert e.value.code == -222
 
 
 # --------------------------------------------------------------------------- round trips
@@ -206,6 +274,37 @@ def test_framing_refuses_truncated_and_oversized_input() -> None:
         read_message(BufferSource(b"x" * 100 + b"\n"), max_bytes=50)
 
 
+def _frame_all(data: bytes, max_bytes: int = 1 << 20) -> list[bytes]:
+    """Messages of ``data`` by :func:`frame` (as a buffering transport reads them); ProtocolError as read_message."""
+    out, buf = [], bytearray(data)
+    while buf:
+        n = frame(buf, max_bytes)
+        if n == 0:
+            raise ProtocolError("input ended before the message did", bytes(buf))
+        out.append(bytes(buf[:n]))
+        del buf[:n]
+    return out
+
+
+def test_frame_finds_whole_messages_in_a_buffer() -> None:
+    msgs = VALID + [r for _, r in REPLIES] + [b'"a""b,#",1\n', b"F32,1,#14\n\n\n\n\n"]
+    stream = b"".join(msgs)
+    assert _frame_all(stream) == msgs
+    for cut in range(len(msgs[0])):  # any prefix is "not yet", never an error
+        assert frame(msgs[0][:cut]) == 0
+    with pytest.raises(ProtocolError, match="exceeds") as e:
+        frame(b"F32,1,#9999999999\n", 1 << 20)
+    assert e.value.code == -363
+    with pytest.raises(ProtocolError, match="limit"):
+        frame(b"x" * 100, 50)
+    with pytest.raises(ProtocolError, match="unterminated") as e:
+        frame(b'"ab\ncd"\n')
+    assert e.value.raw == b'"ab\n'
+    with pytest.raises(ProtocolError, match="indefinite") as e:
+        frame(b"#0\nmore\n")
+    assert e.value.raw == b"#0\n" and e.value.code == -161
+
+
 def test_check_limits_names_the_limit() -> None:
     lim = LimitsSection(max_voltage_V=1.0, max_pulses_per_device=10)
     spec = codec.COMMANDS["vmm"]
@@ -271,6 +370,30 @@ def test_fuzz_server_side_parser_with_mutated_commands(raw: bytes, edits: list) 
             read_message(src)
     except ProtocolError:
         pass
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(VALID + [r for _, r in REPLIES]), min_size=1, max_size=4), EDITS)
+def test_fuzz_frame_agrees_with_read_message(msgs: list, edits: list) -> None:
+    data = _mutate(b"".join(msgs), edits)
+    src, by_line = BufferSource(data), []
+    try:
+        while src.remaining:
+            by_line.append(read_message(src, max_bytes=4096))
+    except ProtocolError:
+        by_line.append(None)
+    by_frame: list = []
+    buf = bytearray(data)
+    try:
+        while buf:
+            n = frame(buf, 4096)
+            if n == 0:  # the end of the data inside a message: read_message reports it as truncated
+                raise ProtocolError("truncated", bytes(buf))
+            by_frame.append(bytes(buf[:n]))
+            del buf[:n]
+    except ProtocolError:
+        by_frame.append(None)
+    assert by_frame == by_line
 
 
 HEADERS = sorted({codec.COMMANDS[n].short_header(t) for n, (t, _) in COMMAND_EXAMPLES.items()})

@@ -31,7 +31,14 @@ OPENING = [
 ]
 SAFE = (b"OUTP OFF\nSYST:SAFE?\n", b"1\n")
 OK = b'0,"No error"\n'
-STATUS = b"SYST:ERR?\nSEQ:LAST?\n"
+
+
+def done(seq: int, error: bytes = b'0,"No error"') -> bytes:
+    """The SEQ:STAT? reply: last applied sequence number and the oldest queued error."""
+    return b"%d," % seq + error + b"\n"
+
+
+STATUS = b"SEQ:STAT?\n"
 I_VMM = struct.pack("<3f", 1e-6, 2e-6, -3e-6)
 G = struct.pack("<6d", 3e-9, 4e-9, 5e-9, 6e-9, 7e-9, 8e-9)
 VMM_1 = b"OUTP ON\nTILE0:VMM? 1,F32,1x2,#18\x00\x00\x80?\x00\x00\x00@\n"  # v = [1.0, 2.0] V
@@ -55,10 +62,10 @@ def test_every_operation_exact_bytes() -> None:
          b"F32,2x2,#216" + struct.pack("<4f", 1e-7, 2e-7, 0.0, 0.0) + b"\n"),
         (b"TILE0:OPUL 3,F64,2,#216\x00\x00\x00\x00\x00\x00\xf0?\x00\x00\x00\x00\x00\x00\xe0?,F64,3,#224"
          + bytes(8) + b"\x00\x00\x00\x00\x00\x00\xd0?\x00\x00\x00\x00\x00\x00\xf0?,1,4,stochastic,2.0,1e-06\n"
-         + STATUS, OK + b"3\n"),
-        (PROG_1.replace(b"PROG 1,", b"PROG 4,") + STATUS, OK + b"4\n"),
+         + STATUS, done(3)),
+        (PROG_1.replace(b"PROG 1,", b"PROG 4,") + STATUS, done(4)),
         (b"TILE0:COND? 5\n", b"F64,2x3,#248" + G + b"\n"),
-        (b"TILE0:CELL:PULS 6,1,2,2.0,1e-06,3\n" + STATUS, OK + b"6\n"),
+        (b"TILE0:CELL:PULS 6,1,2,2.0,1e-06,3\n" + STATUS, done(6)),
         (b"TILE0:CELL:READ? 7,1,2,0.2\n", b"2.5e-09\n"),
         (b"TILE0:COND:TRUE?\n", b"F64,2x3,#248" + G + b"\n"),
         SAFE,
@@ -89,7 +96,7 @@ def test_large_pulse_counts_travel_as_int32() -> None:
     counts = np.array([[40000, 0, 0], [0, 0, -1]])
     payload = struct.pack("<6i", 40000, 0, 0, 0, 0, -1)
     script = OPENING + [(b"OUTP ON\nTILE0:PROG 1,I32,2x3,#224" + payload + b",2.0,-2.0,1e-06\n" + STATUS,
-                         OK + b"1\n")]
+                         done(1))]
     with expected_protocol(VisaBackend, cfg(max_pulses_per_device=100000), script) as b:
         b.program(0, counts)
 
@@ -115,10 +122,10 @@ def test_limit_errors_send_nothing() -> None:
 
 def test_command_error_raises_instrument_error_and_keeps_the_sequence() -> None:
     script = OPENING + [
-        (b"OUTP ON\n" + PROG_1 + STATUS, b'-222,"Data out of range; too many pulses"\n0\n'),
+        (b"OUTP ON\n" + PROG_1 + STATUS, done(0, b'-222,"Data out of range; too many pulses"')),
         (b"SYST:ERR?\n", b'-350,"Queue overflow"\n'),
         (b"SYST:ERR?\n", OK),
-        (PROG_1 + STATUS, OK + b"1\n"),  # the same sequence number again, outputs already on
+        (PROG_1 + STATUS, done(1)),  # the same sequence number again, outputs already on
     ]
     with expected_protocol(VisaBackend, cfg(), script) as b:
         with pytest.raises(InstrumentError) as e:
@@ -130,7 +137,8 @@ def test_command_error_raises_instrument_error_and_keeps_the_sequence() -> None:
 
 
 def test_error_queued_by_an_applied_command_is_raised_and_the_op_logged() -> None:
-    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, b'-240,"Hardware error; relay"\n1\n'), (b"SYST:ERR?\n", OK)]
+    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, done(1, b'-240,"Hardware error; relay"')),
+                        (b"SYST:ERR?\n", OK)]
     with expected_protocol(VisaBackend, cfg(), script) as b:
         with pytest.raises(InstrumentError, match="relay"):
             b.program(0, PULSES)
@@ -181,7 +189,7 @@ def test_lost_connection_during_a_write_resends_only_if_not_applied(applied: boo
                         (b"*CLS\nSEQ:LAST?\n", b"1\n" if applied else b"0\n")]
     vmm_2 = VMM_1.replace(b"VMM? 1,", b"VMM? 2,")
     if not applied:
-        script.append((b"OUTP ON\n" + PROG_1 + STATUS, OK + b"1\n"))
+        script.append((b"OUTP ON\n" + PROG_1 + STATUS, done(1)))
         vmm_2 = vmm_2.replace(b"OUTP ON\n", b"")  # outputs were switched on by the re-sent write
     script.append((vmm_2, b"F32,1x3,#212" + I_VMM + b"\n"))
     with expected_protocol(VisaBackend, cfg(), script) as b:
@@ -265,6 +273,7 @@ def test_pyvisa_sim_tester_through_the_visa_layer() -> None:
         assert inst.query("OUTP?") == "ON"
         inst.write("OUTP OFF")
         assert inst.query("OUTP?") == "OFF"
+        assert inst.query("SEQ:STAT?") == '0,0,"No error"'
         inst.write("NOT:A:COMMAND")
         assert inst.query("SYST:ERR?") == '-113,"Undefined header"'
         assert inst.query("SYST:ERR?") == '0,"No error"'

@@ -19,7 +19,7 @@ from crossbar_ctl.errors import ConnectionLostError, InstrumentError, Instrument
 from crossbar_instruments.emulator import PtyEmulator, TcpEmulator
 from crossbar_instruments.serial_backend import SerialBackend
 from crossbar_instruments.tester import Fault
-from crossbar_instruments.transport import VisaTransport
+from crossbar_instruments.transport import SerialTransport, VisaTransport
 from crossbar_instruments.visa_backend import VisaBackend
 
 BASE: dict[str, Any] = {
@@ -149,6 +149,45 @@ def test_full_size_tile_blocks(transport: str, tcp) -> None:
         b.close()
         if transport == "pty":
             emu.stop()
+
+
+def test_sparse_arrays_travel_zero_suppressed_over_serial_and_decode_the_same() -> None:
+    base = {"seed": 3, "array": {"tiles": 1, "rows": 785, "cols": 200}, "read": {"read_noise": 0.02}}
+    rng = np.random.default_rng(4)
+    counts = np.where(rng.random((785, 200)) < 0.01, rng.integers(-3, 4, (785, 200)), 0)
+    v = np.where(rng.random((8, 785)) < 0.2, rng.uniform(-0.2, 0.2, (8, 785)), 0.0)
+    p = np.where(rng.random(785) < 0.3, rng.uniform(0, 0.2, 785), 0.0)
+    sent: list[bytes] = []
+
+    class Spy(SerialTransport):
+        def write(self, data: bytes) -> None:
+            sent.append(bytes(data))
+            super().write(data)
+
+    ref = connect(make_cfg(base))
+    with PtyEmulator(make_cfg(base)).start() as emu:
+        c = make_cfg(base, kind="serial", address=emu.address)
+        with SerialBackend(c, transport_factory=lambda: Spy(emu.address, 30.0)) as b:
+            for be in (b, ref):
+                be.program(0, counts)
+                be.outer_pulse(0, p, np.full(200, 0.5), 1, 8)
+            assert np.array_equal(b.read_vmm(0, v), ref.read_vmm(0, v))
+            assert np.array_equal(b.true_conductance(0), ref.true_conductance(0))
+    heads = [w.split(b"#", 1)[0] for w in sent]
+    assert any(b"PROG 1,ZI16,785x200," in h for h in heads) and any(b"OPUL 2,ZF64,785," in h for h in heads)
+    assert any(b"VMM? 3,ZF32,8x785," in h for h in heads)
+
+
+def test_status_query_reports_the_last_sequence_and_takes_the_oldest_error(tcp) -> None:
+    emu = tcp()
+    assert ask(emu, b"SEQ:STAT?\n") == b'0,0,"No error"\n'
+    emu.tester.push_error(-240, "Hardware error; relay")
+    emu.tester.push_error(-241, "second")
+    assert ask(emu, b"SEQ:STAT?\n") == b'0,-240,"Hardware error; relay"\n'
+    assert ask(emu, b"SYST:ERR?\n") == b'-241,"second"\n'
+    with visa(emu) as b:
+        b.pulse_cell(0, 1, 1, 2.0, 1e-6, 2)
+    assert ask(emu, b"SEQuence:STATus?\n") == b'1,0,"No error"\n'
 
 
 # --------------------------------------------------------------------------- limits and safe state

@@ -54,6 +54,29 @@ def test_visa_reads_a_block_containing_terminators_by_its_length(server) -> None
         t.close()
 
 
+def test_visa_frames_a_message_that_arrives_in_pieces(server) -> None:
+    def reply(conn: socket.socket) -> None:
+        assert conn.recv(100) == b"Q?\n"
+        for k in range(len(BLOCK_MSG)):  # one byte per segment: every cut, also inside the block
+            conn.sendall(BLOCK_MSG[k:k + 1])
+            time.sleep(0.002)
+        conn.sendall(b'0,"No error"\n' + BLOCK_MSG[:9])  # and a message cut after its header
+        time.sleep(2)
+
+    t = VisaTransport(server(reply), 0.5)
+    t.open()
+    try:
+        t.write(b"Q?\n")
+        assert t.read_message() == BLOCK_MSG
+        assert t.read_message() == b'0,"No error"\n'
+        t0 = time.monotonic()
+        with pytest.raises(InstrumentTimeoutError):
+            t.read_message()
+        assert 0.4 <= time.monotonic() - t0 < 1.5
+    finally:
+        t.close()
+
+
 def test_visa_peer_that_closes_raises_connection_lost_at_once(server) -> None:
     t = VisaTransport(server(lambda conn: None), 10.0)
     t.open()
@@ -102,6 +125,28 @@ def test_serial_loopback_reads_lines_and_blocks() -> None:
             t.read_message(max_bytes=20)
     finally:
         t.close()
+
+
+def test_serial_pty_frames_blocks_across_reads() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    os.close(slave)
+    t = SerialTransport(path, 0.5)
+    t.open()
+    try:
+        big = b"F64,1200,#49600" + bytes(range(256)) * 37 + bytes(128) + b"\n"  # > 4 KiB: several pty reads
+        for k in range(0, len(big), 1000):
+            os.write(master, big[k:k + 1000])
+        os.write(master, BLOCK_MSG)
+        assert t.read_message() == big
+        assert t.read_message() == BLOCK_MSG
+        os.write(master, b"F32,1,#14\x00")  # the rest never comes
+        with pytest.raises(InstrumentTimeoutError):
+            t.read_message()
+    finally:
+        t.close()
+        os.close(master)
 
 
 def test_serial_pty_whose_peer_vanishes_raises_connection_lost() -> None:

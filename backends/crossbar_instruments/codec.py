@@ -70,17 +70,21 @@ class CommandSpec:
     sequenced: bool = False
     doc: str = ""
 
-    @property
+    @functools.cached_property
     def is_query(self) -> bool:
         return self.header.endswith("?")
 
-    @property
+    @functools.cached_property
     def has_suffix(self) -> bool:
         return "#" in self.header
 
-    @property
+    @functools.cached_property
     def all_params(self) -> tuple[Param, ...]:
         return ((SEQ,) + self.params) if self.sequenced else self.params
+
+    @functools.cached_property
+    def param_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.all_params)
 
     def short_header(self, tile: int | None = None) -> str:
         """The header as sent: short forms, the tile number in place of ``#``."""
@@ -115,6 +119,9 @@ _CMDS = [
     CommandSpec("seq_last_q", "SEQuence:LAST?", reply=(Int("seq"),), doc="last applied sequence number"),
     CommandSpec("seq_last", "SEQuence:LAST", params=(Int("seq", lo=0, hi=10**18),),
                 doc="set the last applied sequence number (session start / resync); drops the reply cache"),
+    CommandSpec("seq_status", "SEQuence:STATus?", reply=(Int("seq"), Int("code"), Str("text")),
+                doc="the status of a write in one reply: last applied sequence number and the oldest queued error "
+                    "(taken from the queue, as SYST:ERR? does)"),
     CommandSpec("vmm", "TILE#:VMM?", params=(Array("v", limit="max_voltage_V", ndim=2),),
                 reply=(Array("i", limit="compliance_current_A", ndim=2),), sequenced=True,
                 doc="forward multiply: row voltages (batch, rows) V -> column currents (batch, cols) A"),
@@ -194,26 +201,40 @@ class Command:
         return self.args.get("seq") if self.spec.sequenced else None
 
 
-def encode_command(name: str, tile: int | None = None, **args: Any) -> bytes:
-    """The bytes of command ``name`` (``\\n``-terminated) with ``args`` named as in its spec."""
+def encode_command(name: str, tile: int | None = None, *, suppress_zeros: bool = False, **args: Any) -> bytes:
+    """The bytes of command ``name`` (``\\n``-terminated) with ``args`` named as in its spec; with
+    ``suppress_zeros`` mostly-zero arrays travel zero-suppressed (for slow links, see
+    :func:`~crossbar_instruments.blocks.encode_array`)."""
     spec = COMMANDS[name]
     if spec.has_suffix != (tile is not None):
         raise ValueError(f"{name}: tile suffix {'required' if spec.has_suffix else 'not allowed'}")
     if tile is not None and (not isinstance(tile, (int, np.integer)) or tile < 0):
         raise ValueError(f"tile must be a non-negative integer, got {tile!r}")
-    params = spec.all_params
-    unknown = set(args) - {p.name for p in params}
-    if unknown:
-        raise TypeError(f"{name}: unexpected arguments {sorted(unknown)}")
-    parts = [w for p in params for w in p.encode(args[p.name])]
+    if not spec.param_names.issuperset(args):
+        raise TypeError(f"{name}: unexpected arguments {sorted(set(args) - spec.param_names)}")
     head = spec.short_header(None if tile is None else int(tile)).encode()
-    return head + (b" " + b",".join(parts) if parts else b"") + b"\n"
+    return _join(head + b" ", spec.all_params, args, suppress_zeros)
 
 
-def _body(raw: bytes) -> bytes:
+def _join(head: bytes, params: tuple[Param, ...], values: dict[str, Any], suppress_zeros: bool = False) -> bytes:
+    """``head`` and the encoded values joined by ``,`` and terminated, in one copy (blocks can be large)."""
+    pieces = [head]
+    for p in params:
+        v = values[p.name]
+        for w in (p.encode(v, suppress_zeros) if suppress_zeros and isinstance(p, Array) else p.encode(v)):
+            pieces.append(w)
+            pieces.append(b",")
+    if len(pieces) == 1:
+        return head.rstrip(b" ") + b"\n"
+    pieces[-1] = b"\n"
+    return b"".join(pieces)
+
+
+def _end(raw: bytes) -> int:
+    """The index of the terminator of a complete message (ProtocolError if there is none)."""
     if not isinstance(raw, (bytes, bytearray)) or not raw.endswith(b"\n"):
         raise fail("message not terminated by \\n", bytes(raw) if isinstance(raw, (bytes, bytearray)) else b"")
-    return bytes(raw[:-1])
+    return len(raw) - 1
 
 
 def looks_like_query(raw: bytes) -> bool:
@@ -222,14 +243,13 @@ def looks_like_query(raw: bytes) -> bool:
     return bool(words) and words[0].endswith(b"?")
 
 
-def decode_command(raw: bytes) -> Command:
-    """Parse one complete command message (server side)."""
-    body = _body(raw)
-    k = 0
-    while k < len(body) and body[k] not in b" \t\r":
-        k += 1
+_HEADER = re.compile(rb"[^ \t\r]*")
+_HEADER_CACHE: dict[bytes, tuple[CommandSpec, int | None]] = {}  # header bytes -> (spec, tile), bounded
+
+
+def _parse_header(head: bytes, raw: bytes) -> tuple[CommandSpec, int | None]:
     try:
-        header = body[:k].decode("ascii")
+        header = head.decode("ascii")
     except UnicodeDecodeError:
         raise fail("non-ASCII header", raw, -113) from None
     query = header.endswith("?")
@@ -251,8 +271,22 @@ def decode_command(raw: bytes) -> Command:
     spec = _INDEX.get((tuple(key), query))
     if spec is None:
         raise fail(f"undefined header {header!r}", raw, -113)
-    fields = split_fields(body, k, raw)
-    return Command(spec, tile, _decode_params(spec.all_params, fields, raw), bytes(raw))
+    return spec, tile
+
+
+def decode_command(raw: bytes) -> Command:
+    """Parse one complete command message (server side)."""
+    raw = bytes(raw) if isinstance(raw, bytearray) else raw
+    end = _end(raw)
+    k = _HEADER.match(raw, 0, end).end()  # type: ignore[union-attr]  # always matches
+    head = raw[:k]
+    found = _HEADER_CACHE.get(head)
+    if found is None:
+        found = _parse_header(head, raw)
+        if len(_HEADER_CACHE) < 1024:
+            _HEADER_CACHE[head] = found
+    spec, tile = found
+    return Command(spec, tile, _decode_params(spec.all_params, split_fields(raw, k, end), raw), raw)
 
 
 def _decode_params(params: tuple[Param, ...], fields: list[Field], raw: bytes) -> dict[str, Any]:
@@ -275,7 +309,7 @@ def encode_reply(name: str, **values: Any) -> bytes:
     spec = COMMANDS[name]
     if spec.reply is None:
         raise ValueError(f"{name} is not a query")
-    return b",".join(w for p in spec.reply for w in p.encode(values[p.name])) + b"\n"
+    return _join(b"", spec.reply, values)
 
 
 def format_error(code: int, detail: str = "") -> str:
@@ -289,10 +323,13 @@ def encode_error_reply(code: int, text: str) -> bytes:
     return b"!" + str(int(code)).encode() + b"," + Str("text").encode(text)[0] + b"\n"
 
 
-def decode_error(body: bytes, raw: bytes | None = None) -> tuple[int, str]:
-    """(code, text) of an error reply body ``<code>,"<text>"`` (errors carry ``raw``, by default ``body``)."""
-    raw = body if raw is None else raw
-    vals = _decode_params((Int("code"), Str("text")), split_fields(body, 0, raw), raw)
+_ERROR_FIELDS = (Int("code"), Str("text"))
+NO_ERROR = b'0,"No error"\n'  #: the ``SYST:ERR?`` reply of an empty error queue
+
+
+def decode_error(raw: bytes, start: int = 0, end: int | None = None) -> tuple[int, str]:
+    """(code, text) of the error reply body ``<code>,"<text>"`` in ``raw[start:end]`` (errors carry ``raw``)."""
+    vals = _decode_params(_ERROR_FIELDS, split_fields(raw, start, len(raw) if end is None else end), raw)
     return vals["code"], vals["text"]
 
 
@@ -301,11 +338,11 @@ def decode_reply(name: str, raw: bytes) -> dict[str, Any]:
     spec = COMMANDS[name]
     if spec.reply is None:
         raise ValueError(f"{name} is not a query")
-    body = _body(raw)
-    if body.startswith(b"!"):
-        code, text = decode_error(body[1:], raw)
+    end = _end(raw)
+    if raw[:1] == b"!":
+        code, text = decode_error(raw, 1, end)
         raise InstrumentError(code, text)
-    return _decode_params(spec.reply, split_fields(body, 0, raw), raw)
+    return _decode_params(spec.reply, split_fields(raw, 0, end), raw)
 
 
 # --------------------------------------------------------------------------- limits
@@ -317,7 +354,7 @@ def check_limits(params: tuple[Param, ...], values: dict[str, Any], limits: Limi
         allowed = float(getattr(limits, p.limit))
         v = values[p.name]
         if isinstance(v, np.ndarray):
-            peak = float(np.abs(v).max()) if v.size else 0.0
+            peak = max(float(v.max()), -float(v.min())) if v.size else 0.0  # NaN stays NaN (and fails)
         else:
             peak = abs(float(v))
         if not peak <= allowed:

@@ -6,9 +6,10 @@ Every hook builds one command with :mod:`crossbar_instruments.codec`, re-checks 
 * array operations carry the sequence number ``self.seq + 1``; the driver prefixes ``OUTP ON`` when outputs
   are off and ``SEQ:LAST <n>`` when the instrument's counter must be re-synchronised (e.g. after a resume set
   ``self.seq``);
-* commands without a reply are followed, in the same write, by ``SYST:ERR?`` and ``SEQ:LAST?`` (so the driver
-  knows both the error status and whether the operation was applied); queries return their reply or an error
-  reply. Either way an instrument error raises :class:`~crossbar_ctl.errors.InstrumentError`;
+* commands without a reply are followed, in the same write, by ``SEQ:STAT?`` (one reply: the last applied
+  sequence number and the oldest queued error, so the driver knows whether the operation was applied and whether
+  it failed); queries return their reply or an error reply. Either way an instrument error raises
+  :class:`~crossbar_ctl.errors.InstrumentError`;
 * replies are checked too: a current above ``compliance_current_A`` leaves the tester safe and raises
   InstrumentError(110).
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from crossbar_ctl.backend import Backend, Capabilities
 from crossbar_ctl.config import RunConfig
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 #: Instrument errors for which the operation was nevertheless executed (and so has used its sequence number).
 APPLIED_ERRORS = frozenset({110})
 SYNC_TRIES = 64
-_STATUS = encode_command("err") + encode_command("seq_last_q")  # follows every write: error status, applied?
+_STATUS = encode_command("seq_status")  # follows every write: applied? error status?
 
 
 @dataclass
@@ -73,11 +75,17 @@ class TesterBackend(Backend):
         self._unresolved: _Op | None = None
         self._syncs = 0
         self.reconnects = 0
-        self._retrying(self._open_link)
+        # Each operation waits for a round trip; a multi-threaded BLAS pool that spins between the host's small
+        # products takes the CPU from this process's I/O and from a tester emulated on the same machine (an
+        # epoch over TCP took 1.6x as long). BLAS is held to one thread while the backend is open, as the
+        # simulator does in process; crossbar_ctl.blas.wide() still widens large products.
+        self._blas_limit = threadpool_limits(limits=1, user_api="blas")
         try:
+            self._retrying(self._open_link)
             self._identify()
         except BaseException:
             self._drop()
+            self._blas_limit.restore_original_limits()
             raise
 
     # ----------------------------------------------------------------- transport choice
@@ -179,7 +187,9 @@ class TesterBackend(Backend):
             self._retrying(self._reconnect)
         seq = self.seq + 1
         args = {"seq": seq, **args}
-        op = _Op(seq, kind, tile, emit, encode_command(name, tile=tile, **args), name)
+        assert self._t is not None
+        op = _Op(seq, kind, tile, emit, encode_command(name, tile, suppress_zeros=self._t.suppress_zeros, **args),
+                 name)
         state = {"sent": False}
 
         def once() -> dict[str, Any] | None:
@@ -201,7 +211,7 @@ class TesterBackend(Backend):
             self._wire_seq = self.seq
             if spec.is_query:
                 return self._finish_query(op, first)
-            return self._finish_write(op, first, self._t.read_message())
+            return self._finish_write(op, first)
 
         try:
             return self._retrying(once)
@@ -210,18 +220,19 @@ class TesterBackend(Backend):
                 self._unresolved = op
             raise
 
-    def _finish_write(self, op: _Op, err_raw: bytes, seq_raw: bytes) -> None:
-        """A command's status: ``SYST:ERR?`` (oldest queued error) and ``SEQ:LAST?`` (was it applied?)."""
-        err = decode_reply("err", err_raw)
-        last = decode_reply("seq_last_q", seq_raw)["seq"]
+    def _finish_write(self, op: _Op, raw: bytes) -> None:
+        """A command's status (``SEQ:STAT?``): was it applied (last applied sequence number), and the oldest
+        queued error."""
+        status = decode_reply("seq_status", raw)
+        last, code, text = status["seq"], status["code"], status["text"]
         self._wire_seq = last
         if last == op.seq:
-            if err["code"] != 0:  # applied, yet an error was queued (before it, or by it): log the op, report
+            if code != 0:  # applied, yet an error was queued (before it, or by it): log the op, report
                 self._emit(op.kind, op.tile, "error", **op.params)
-                raise InstrumentError(err["code"], err["text"] + self._drain_errors())
+                raise InstrumentError(code, text + self._drain_errors())
             return None
-        if err["code"] != 0:
-            raise InstrumentError(err["code"], err["text"] + self._drain_errors())
+        if code != 0:
+            raise InstrumentError(code, text + self._drain_errors())
         raise BackendError(f"{op.kind} (seq {op.seq}) was not applied and the tester reported no error "
                            f"(its last applied sequence number is {last})")
 
@@ -303,6 +314,7 @@ class TesterBackend(Backend):
 
     def _close(self) -> None:
         self._drop()
+        self._blas_limit.restore_original_limits()
 
     def _describe(self) -> dict[str, Any]:
         t = self._t

@@ -19,47 +19,57 @@ from crossbar_instruments.blocks import FLOAT_DTYPES, decode_array, encode_array
 
 _INT = re.compile(r"[+-]?[0-9]{1,18}\Z")
 _NRF = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\Z")
-_WORD = re.compile(r"[\x20-\x7e]+\Z")
+_WORD_CHAR = r"[\x21\x24-\x2b\x2d-\x3a\x3c-\x7e]"  # printable ASCII but space , ; " #
+#: A word as sent: word characters, spaces inside only.
+_WORD_OUT = re.compile(f"{_WORD_CHAR}(?:(?:{_WORD_CHAR}| )*{_WORD_CHAR})?\\Z")
 
 
 # --------------------------------------------------------------------------- fields
-@dataclass(frozen=True)
-class Field:
-    """One comma-separated field of a message: ``kind`` is "text", "str" (quoted) or "block"."""
-
-    kind: str
-    value: Any
+#: One comma-separated field of a message, ``(kind, value)``: kind "text" (value: str), "str" (a quoted string,
+#: value: its text) or "block" (value: a memoryview of the payload inside the message). A plain tuple: a message
+#: has many fields and a class instance per field costs.
+Field = tuple[str, Any]
 
 
 def fail(msg: str, raw: bytes, code: int = -102) -> ProtocolError:
     return ProtocolError(msg, raw, code)
 
 
-def split_fields(body: bytes, start: int, raw: bytes) -> list[Field]:
-    """The fields of ``body[start:]`` (``body`` is a message without its ``\\n``)."""
+_WS = b" \t\r"
+#: A run of plain fields (printable ASCII without ',', '"' and '#'; no tab inside), each followed by ','.
+_PLAIN_RUN = re.compile(rb"(?:[ \t\r]*[\x20\x21\x24-\x2b\x2d-\x7e]*[\x21\x24-\x2b\x2d-\x7e][ \t\r]*,)*")
+#: One plain field (the last of a message).
+_PLAIN = re.compile(rb"[ \t\r]*([\x20\x21\x24-\x2b\x2d-\x7e]*[\x21\x24-\x2b\x2d-\x7e])[ \t\r]*")
+
+
+def split_fields(raw: bytes, start: int, end: int) -> list[Field]:
+    """The fields of ``raw[start:end]`` (``raw`` is the whole message: errors carry it; ``end`` excludes the
+    terminator)."""
     fields: list[Field] = []
-    n = len(body)
     i = start
-    ws = b" \t\r"
-    while i < n and body[i] in ws:
+    while i < end and raw[i] in _WS:
         i += 1
-    if i == n:
+    if i == end:
         return fields
     while True:
-        while i < n and body[i] in ws:
-            i += 1
-        if i == n:
-            raise fail("missing field after ','", raw, -109)
-        c = body[i]
+        run = _PLAIN_RUN.match(raw, i, end).end()  # type: ignore[union-attr]  # always matches
+        if run > i:  # plain fields up to a block, a string or the last field: split them in one go
+            fields += [("text", f.strip(_WS).decode("ascii")) for f in raw[i:run - 1].split(b",")]
+            i = run
+            while i < end and raw[i] in _WS:
+                i += 1
+            if i == end:
+                raise fail("missing field after ','", raw, -109)
+        c = raw[i]
         if c == 0x22:  # quoted string; "" is an escaped quote
             out = bytearray()
             j = i + 1
             while True:
-                k = body.find(b'"', j)
+                k = raw.find(b'"', j, end)
                 if k < 0:
                     raise fail("unterminated string", raw)
-                out += body[j:k]
-                if k + 1 < n and body[k + 1] == 0x22:
+                out += raw[j:k]
+                if k + 1 < end and raw[k + 1] == 0x22:
                     out += b'"'
                     j = k + 2
                     continue
@@ -69,32 +79,30 @@ def split_fields(body: bytes, start: int, raw: bytes) -> list[Field]:
                 text = out.decode("ascii")
             except UnicodeDecodeError:
                 raise fail("non-ASCII string", raw) from None
-            fields.append(Field("str", text))
+            fields.append(("str", text))
         elif c == 0x23:  # '#': definite-length block
-            s, length = parse_block_header(body, i, raw)
-            if s + length > n:
-                raise fail(f"block declares {length} bytes but the message holds {n - s}", raw, -161)
-            fields.append(Field("block", bytes(body[s:s + length])))
+            s, length = parse_block_header(raw, i, raw)
+            if s + length > end:
+                raise fail(f"block declares {length} bytes but the message holds {end - s}", raw, -161)
+            fields.append(("block", memoryview(raw)[s:s + length]))
             i = s + length
         else:
-            k = body.find(b",", i)
-            k = n if k < 0 else k
-            chunk = bytes(body[i:k]).strip(ws)
-            try:
-                text = chunk.decode("ascii")
-            except UnicodeDecodeError:
-                raise fail("non-ASCII characters in a field", raw) from None
-            if not text or not _WORD.match(text) or '"' in text or "#" in text:
-                raise fail(f"malformed field {chunk!r}", raw)
-            fields.append(Field("text", text))
-            i = k
-        while i < n and body[i] in ws:
+            m = _PLAIN.match(raw, i, end)
+            if m is None:
+                raise fail(f"malformed field {raw[i:i + 20]!r}", raw)
+            fields.append(("text", m.group(1).decode("ascii")))
+            i = m.end()
+        while i < end and raw[i] in _WS:
             i += 1
-        if i == n:
+        if i == end:
             return fields
-        if body[i] != 0x2C:
-            raise fail("expected ',' between fields", raw)
+        if raw[i] != 0x2C:
+            raise fail(f"expected ',' between fields, got {raw[i:i + 20]!r}", raw)
         i += 1
+        while i < end and raw[i] in _WS:
+            i += 1
+        if i == end:
+            raise fail("missing field after ','", raw, -109)
 
 
 # --------------------------------------------------------------------------- parameter types
@@ -113,9 +121,10 @@ class Param:
         raise NotImplementedError
 
     def _text(self, f: Field, raw: bytes) -> str:
-        if f.kind != "text":
-            raise fail(f"{self.name}: expected a plain value, got a {f.kind}", raw, -104)
-        return f.value
+        kind, value = f
+        if kind != "text":
+            raise fail(f"{self.name}: expected a plain value, got a {kind}", raw, -104)
+        return value
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,7 @@ class Word(Param):
 
     def encode(self, value: Any) -> list[bytes]:
         t = str(value)
-        if not t or not _WORD.match(t) or any(c in t for c in ',;"#') or t != t.strip():
+        if not _WORD_OUT.match(t):
             raise ValueError(f"{self.name} = {t!r} is not a plain word")
         return [t.encode()]
 
@@ -218,9 +227,9 @@ class Str(Param):
     """A quoted ASCII string (``"`` doubled inside)."""
 
     def decode(self, fields: list[Field], raw: bytes) -> str:
-        if fields[0].kind != "str":
+        if fields[0][0] != "str":
             raise fail(f"{self.name}: expected a quoted string", raw, -104)
-        return fields[0].value
+        return fields[0][1]
 
     def encode(self, value: Any) -> list[bytes]:
         t = "".join(c if " " <= c <= "~" else "?" for c in str(value))
@@ -239,15 +248,18 @@ class Array(Param):
 
     def decode(self, fields: list[Field], raw: bytes) -> np.ndarray:
         dt, shape, block = fields
-        if block.kind != "block":
+        if block[0] != "block":
             raise fail(f"{self.name}: expected a #-block after dtype and shape", raw, -104)
-        arr = decode_array(self._text(dt, raw), self._text(shape, raw), block.value, self.dtypes, self.ndim, raw)
-        if arr.size and ((self.lo is not None and arr.min() < self.lo) or (self.hi is not None and arr.max() > self.hi)):
-            raise fail(f"{self.name} has elements outside [{self.lo}, {self.hi}]", raw, -222)
-        return arr
+        try:
+            return decode_array(self._text(dt, raw), self._text(shape, raw), block[1], self.dtypes, self.ndim,
+                                raw, self.lo, self.hi)
+        except ProtocolError as err:
+            if err.code == -222:
+                raise fail(f"{self.name} has elements outside [{self.lo}, {self.hi}]", raw, -222) from None
+            raise
 
-    def encode(self, value: Any) -> list[bytes]:
+    def encode(self, value: Any, suppress_zeros: bool = False) -> list[bytes]:
         a = np.asarray(value)
         if a.ndim != self.ndim:
             raise ValueError(f"{self.name} must have {self.ndim} dimensions, got shape {a.shape}")
-        return encode_array(a, self.dtypes)
+        return encode_array(a, self.dtypes, suppress_zeros)

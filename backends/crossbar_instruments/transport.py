@@ -9,17 +9,59 @@ these two reads.
 from __future__ import annotations
 
 import abc
+import os
 import select
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
-from crossbar_ctl.errors import ConnectionLostError, InstrumentTimeoutError
-from crossbar_instruments.blocks import MAX_MESSAGE_BYTES, read_message
+from crossbar_ctl.errors import ConnectionLostError, InstrumentTimeoutError, ProtocolError
+from crossbar_instruments.blocks import MAX_MESSAGE_BYTES, frame, read_message
+
+
+#: How long a read polls for a reply before it sleeps in ``select``. A round trip to a tester is ~0.1-0.5 ms; a
+#: thread that sleeps through it gives up its core, and its next ~0.1 ms of work then runs 2-4x slower (caches and
+#: idle states, measured on a 2-core VM: an epoch over TCP took 1.5x as long). Polling yields the core to any other
+#: runnable thread at every try, and a reply that takes longer is waited for in ``select`` as before.
+POLL_S = 0.002
+
+
+def poll(read: Callable[[], bytes | None], until: float) -> bytes | None:
+    """``read()`` until it returns something other than None or the monotonic clock passes ``until`` (None);
+    between tries the core is offered to other threads (``sched_yield``)."""
+    while time.monotonic() < until:
+        os.sched_yield()
+        chunk = read()
+        if chunk is not None:
+            return chunk
+    return None
+
+
+def _framed(buf: bytearray, max_bytes: int) -> int:
+    """:func:`~crossbar_instruments.blocks.frame` of a receive buffer; a framing fault drops the bytes it
+    covers."""
+    try:
+        return frame(buf, max_bytes)
+    except ProtocolError as err:
+        del buf[:len(err.raw)]
+        raise
+
+
+def _take(buf: bytearray, n: int) -> bytes:
+    """The first ``n`` bytes of ``buf``, removed from it (one copy)."""
+    with memoryview(buf) as view:
+        out = view[:n].tobytes()
+    del buf[:n]
+    return out
 
 
 class Transport(abc.ABC):
     """A byte link to one instrument. ``open`` may be called again after ``close`` (reconnect)."""
+
+    #: Whether the driver sends mostly-zero arrays zero-suppressed on this link (worth it where bytes are slow).
+    suppress_zeros: bool = False
+    #: How long a read polls before it sleeps (:data:`POLL_S`; 0: never poll).
+    poll_s: float = POLL_S
 
     def __init__(self, address: str, timeout_s: float) -> None:
         self.address = address
@@ -67,15 +109,17 @@ class VisaTransport(Transport):
 
     Lines are read with the termination character ``\\n``; blocks with ``read_bytes`` (exact count, the
     termination character ignored). With pyvisa-py raw sockets (``::SOCKET`` through ``@py``) pyvisa opens and
-    closes the resource but the bytes move on its socket directly (TCP_NODELAY on, one ``sendall`` per write,
-    reads through the session's own buffer): pyvisa-py's chunked I/O made a training epoch over TCP several
-    times slower. A closed peer is then reported at once (end of file) instead of after the timeout."""
+    closes the resource but the bytes move on its socket directly (TCP_NODELAY on, non-blocking, every wait a
+    ``select`` bounded by ``timeout_s``, reads through the session's own buffer): pyvisa-py's chunked I/O made a
+    training epoch over TCP several times slower. A closed peer is then reported at once (end of file) instead
+    of after the timeout."""
 
     def __init__(self, address: str, timeout_s: float, library: str = "@py") -> None:
         super().__init__(address, timeout_s)
         self.library = library
         self._rm: Any = None
         self._inst: Any = None
+        self._sess: Any = None
         self._sock: socket.socket | None = None
 
     @property
@@ -109,18 +153,19 @@ class VisaTransport(Transport):
         # 4 KiB pieces, each with a select(): ~10 µs per 4 KiB, i.e. most of the time of a bulk transfer. For its
         # raw sockets, let it receive up to 1 MiB at a time and send with one sendall().
         sess, sock = self._socket()
-        self._sock = sock
+        self._sess, self._sock = sess, sock
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            sock.setblocking(False)  # our own select() bounds every wait (a socket timeout would poll twice)
             if getattr(sess, "max_recv_size", 0) < 1 << 20:
                 sess.max_recv_size = 1 << 20
 
     def close(self) -> None:
         inst, self._inst = self._inst, None
-        self._sock = None
+        self._sess = self._sock = None
         if inst is not None:
             try:
                 inst.close()
@@ -177,18 +222,24 @@ class VisaTransport(Transport):
     def write(self, data: bytes) -> None:
         inst = self._require()
         if self._sock is not None:
-            try:
-                self._sock.settimeout(self.timeout_s)
-                self._sock.sendall(data)
-            except socket.timeout as err:
-                raise self._timeout("write") from err
-            except (OSError, ValueError) as err:
-                raise ConnectionLostError(f"{self.address}: write failed ({err})") from err
+            self._send_all(self._sock, data)
             return
         try:
             inst.write_raw(bytes(data))
         except Exception as err:
             raise self._io_error(err, "write") from err
+
+    def read_message(self, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
+        if self._sock is None:
+            return super().read_message(max_bytes)
+        deadline = time.monotonic() + self.timeout_s
+        buf = self._sess._pending_buffer
+        while True:
+            n = _framed(buf, max_bytes)
+            if n:
+                return _take(buf, n)
+            self._fill(deadline, 1 << 16, f"message ({len(buf)} bytes so far)")
+            buf = self._sess._pending_buffer
 
     def read_line(self, max_bytes: int) -> bytes:
         inst = self._require()
@@ -219,52 +270,68 @@ class VisaTransport(Transport):
     # buffer (``_pending_buffer``), so that pyvisa calls and these stay in step. Through pyvisa, a binary block
     # comes back in pieces cut at every 0x0A byte (the termination character stays enabled for the lines
     # around it: a 1 MB block took ~4000 calls), and every call costs ~50 µs of attribute look-ups.
-    def _fill(self, sess: Any, sock: socket.socket, deadline: float, want: int, what: str) -> None:
-        """Receive at least one byte (at most ``want``) into the session buffer, or raise."""
+    def _send_all(self, sock: socket.socket, data: bytes) -> None:
+        """Send every byte (one ``send`` unless the socket buffer fills), waiting at most ``timeout_s``."""
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout_s
         try:
-            r, _, _ = select.select([sock], [], [], max(deadline - time.monotonic(), 0.0))
-            if not r:
-                raise self._timeout(what)
-            chunk = sock.recv(want)
+            while view:
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:
+                    pass
+                if view and not select.select([], [sock], [], max(deadline - time.monotonic(), 0.0))[1]:
+                    raise self._timeout("write")
+        except (OSError, ValueError) as err:
+            if isinstance(err, InstrumentTimeoutError):
+                raise
+            raise ConnectionLostError(f"{self.address}: write failed ({err})") from err
+
+    def _fill(self, deadline: float, want: int, what: str) -> None:
+        """Receive at least one byte (at most ``want``) into the session buffer, or raise."""
+        sock = self._sock
+        if sock is None:
+            raise ConnectionLostError(f"{self.address}: not connected")
+
+        def recv() -> bytes | None:
+            try:
+                return sock.recv(want)
+            except BlockingIOError:
+                return None
+
+        try:
+            chunk = recv()
+            if chunk is None:  # nothing there yet: poll a moment, then wait for it
+                chunk = poll(recv, min(time.monotonic() + self.poll_s, deadline))
+            if chunk is None:
+                if not select.select([sock], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                    raise self._timeout(what)
+                chunk = sock.recv(want)
         except (OSError, ValueError) as err:
             if isinstance(err, InstrumentTimeoutError):
                 raise
             raise ConnectionLostError(f"{self.address}: read failed ({err})") from err
         if not chunk:
             raise ConnectionLostError(f"{self.address}: connection closed by the instrument")
-        sess._pending_buffer += chunk
-
-    def _raw(self) -> tuple[Any, socket.socket]:
-        sess, sock = self._socket()
-        if sock is None:
-            raise ConnectionLostError(f"{self.address}: not connected")
-        return sess, sock
+        self._sess._pending_buffer += chunk
 
     def _recv_line(self, max_bytes: int) -> bytes:
-        sess, sock = self._raw()
         deadline = time.monotonic() + self.timeout_s
         scanned = 0
         while True:
-            buf = sess._pending_buffer
+            buf = self._sess._pending_buffer
             k = buf.find(b"\n", scanned, max_bytes)
             if k >= 0 or len(buf) >= max_bytes:
-                end = k + 1 if k >= 0 else max_bytes
-                out = bytes(buf[:end])
-                del buf[:end]
-                return out
+                return _take(buf, k + 1 if k >= 0 else max_bytes)
             scanned = len(buf)
-            self._fill(sess, sock, deadline, 1 << 16, "read")
+            self._fill(deadline, 1 << 16, "read")
 
     def _recv_exact(self, n: int) -> bytes:
-        sess, sock = self._raw()
         deadline = time.monotonic() + self.timeout_s
-        while len(sess._pending_buffer) < n:
-            have = len(sess._pending_buffer)
-            self._fill(sess, sock, deadline, min(n - have, 1 << 20), f"{have} of {n} bytes")
-        buf = sess._pending_buffer
-        out = bytes(buf[:n])
-        del buf[:n]
-        return out
+        while len(self._sess._pending_buffer) < n:
+            have = len(self._sess._pending_buffer)
+            self._fill(deadline, min(n - have, 1 << 20), f"{have} of {n} bytes")
+        return _take(self._sess._pending_buffer, n)
 
     @property
     def resource(self) -> Any:
@@ -275,13 +342,21 @@ class VisaTransport(Transport):
 # --------------------------------------------------------------------------- serial
 class SerialTransport(Transport):
     """A pyserial port: a device (``/dev/ttyUSB0``), a pseudo-terminal path, or any pyserial URL (``loop://``,
-    ``socket://host:port``). 8 data bits, 1 stop bit, no flow control; ``baud`` and ``parity`` from config."""
+    ``socket://host:port``). 8 data bits, 1 stop bit, no flow control; ``baud`` and ``parity`` from config.
+
+    pyserial opens and configures the port (raw mode); on a POSIX port the bytes then move through its file
+    descriptor directly (``os.read``/``os.write``, every wait a ``select`` bounded by ``timeout_s``): pyserial's
+    ``read`` and ``write`` add a ``select`` and a copy per call, and a pty delivers at most 4 KiB per read.
+    URL ports without a descriptor (``loop://``) go through pyserial. Mostly-zero arrays travel zero-suppressed."""
+
+    suppress_zeros = True
 
     def __init__(self, address: str, timeout_s: float, baud: int = 115200, parity: str = "N") -> None:
         super().__init__(address, timeout_s)
         self.baud = int(baud)
         self.parity = parity
         self._ser: Any = None
+        self._fd: int | None = None
         self._buf = bytearray()
 
     @property
@@ -297,10 +372,15 @@ class SerialTransport(Transport):
                                               stopbits=1, timeout=self.timeout_s, write_timeout=self.timeout_s)
         except (serial.SerialException, OSError, ValueError) as err:
             raise ConnectionLostError(f"{self.address}: cannot open ({err})") from err
+        fd = getattr(self._ser, "fd", None)
+        self._fd = fd if isinstance(fd, int) and fd >= 0 else None
+        if self._fd is not None:
+            os.set_blocking(self._fd, False)
         self._buf.clear()
 
     def close(self) -> None:
         ser, self._ser = self._ser, None
+        self._fd = None
         self._buf.clear()
         if ser is not None:
             try:
@@ -320,6 +400,9 @@ class SerialTransport(Transport):
         import serial
 
         ser = self._require()
+        if self._fd is not None:
+            self._write_fd(self._fd, data)
+            return
         try:
             ser.write(bytes(data))
         except serial.SerialTimeoutException as err:
@@ -327,20 +410,68 @@ class SerialTransport(Transport):
         except (serial.SerialException, OSError) as err:
             raise self._lost(err) from err
 
-    def _fill(self, deadline: float) -> None:
-        """Append what is waiting (at least one byte) to the buffer, or raise on timeout / loss."""
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while view:
+                try:
+                    view = view[os.write(fd, view):]
+                except BlockingIOError:
+                    pass
+                if view and not select.select([], [fd], [], max(deadline - time.monotonic(), 0.0))[1]:
+                    raise self._timeout("write")
+        except OSError as err:
+            raise self._lost(err) from err
+
+    def _fill(self, deadline: float, want: int, what: str) -> None:
+        """Append what is waiting (at least one byte, at most ``want``) to the buffer, or raise on timeout or
+        loss."""
         import serial
 
         ser = self._require()
-        if time.monotonic() > deadline:
-            raise self._timeout("read")
+        if self._fd is None:
+            if time.monotonic() > deadline:
+                raise self._timeout(what)
+            try:
+                chunk = ser.read(max(1, min(ser.in_waiting, want)))
+            except (serial.SerialException, OSError, TypeError) as err:
+                raise self._lost(err) from err
+            if not chunk:
+                raise self._timeout(what)
+            self._buf += chunk
+            return
+        fd = self._fd
+
+        def read() -> bytes | None:
+            try:
+                return os.read(fd, want) or None  # a tty in raw mode (VMIN = 0) returns b"" when it has nothing
+            except BlockingIOError:
+                return None
+
         try:
-            chunk = ser.read(max(1, ser.in_waiting))
-        except (serial.SerialException, OSError, TypeError) as err:
+            chunk = read()
+            if chunk is None:  # nothing there yet: poll a moment, then wait for it
+                chunk = poll(read, min(time.monotonic() + self.poll_s, deadline))
+            if chunk is None:
+                if not select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                    raise self._timeout(what)
+                chunk = os.read(fd, want)
+        except OSError as err:
+            if isinstance(err, InstrumentTimeoutError):
+                raise
             raise self._lost(err) from err
-        if not chunk:
-            raise self._timeout("read")
+        if not chunk:  # readable but empty: the other end of the line is gone
+            raise self._lost(OSError("device reports readiness to read but returned no data"))
         self._buf += chunk
+
+    def read_message(self, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            n = _framed(self._buf, max_bytes)
+            if n:
+                return _take(self._buf, n)
+            self._fill(deadline, 1 << 16, f"message ({len(self._buf)} bytes so far)")
 
     def read_line(self, max_bytes: int) -> bytes:
         deadline = time.monotonic() + self.timeout_s
@@ -348,25 +479,13 @@ class SerialTransport(Transport):
         while True:
             k = self._buf.find(b"\n", scanned, max_bytes)
             if k >= 0 or len(self._buf) >= max_bytes:
-                end = k + 1 if k >= 0 else max_bytes
-                out = bytes(self._buf[:end])
-                del self._buf[:end]
-                return out
+                return _take(self._buf, k + 1 if k >= 0 else max_bytes)
             scanned = len(self._buf)
-            self._fill(deadline)
+            self._fill(deadline, 1 << 16, "read")
 
     def read_exact(self, n: int) -> bytes:
-        import serial
-
-        if len(self._buf) < n:
-            ser = self._require()
-            try:
-                chunk = ser.read(n - len(self._buf))
-            except (serial.SerialException, OSError, TypeError) as err:
-                raise self._lost(err) from err
-            self._buf += chunk
-            if len(self._buf) < n:
-                raise self._timeout(f"{len(self._buf)} of {n} bytes")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        deadline = time.monotonic() + self.timeout_s
+        while len(self._buf) < n:
+            have = len(self._buf)
+            self._fill(deadline, n - have, f"{have} of {n} bytes")
+        return _take(self._buf, n)
