@@ -1,4 +1,6 @@
-"""The study's figures from a sweep's groups (matplotlib, Agg backend). Accuracies are drawn in percent."""
+"""The study's figures from a sweep's groups (matplotlib, Agg backend). Accuracies are drawn in percent.
+
+Every figure uses matplotlib's constrained layout with the legend outside, below the axes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,9 +63,10 @@ def _ceiling(ax: Any, ceiling: float | None) -> None:
 
 
 def _finish(fig: Any, ax: Any, path: Path, legend_cols: int = 1) -> Path:
+    """Put ax's legend entries below the axes (constrained layout leaves room for them), save, close."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=legend_cols, fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="outside lower center", ncol=legend_cols, fontsize=8, frameon=False)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _plt().close(fig)
     return path
@@ -77,8 +80,7 @@ def accuracy_vs_rank(groups: list[Group], path: Path, ceiling: float | None, tit
     plt = _plt()
     series, dense = _split(groups)
     colors = _colors(series)
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    fig.subplots_adjust(bottom=0.28)
+    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
     for label, gs in series.items():
         stats = [g.stat("final_test_accuracy") for g in gs]
         ax.errorbar([g.rank for g in gs], [100 * m for m, _ in stats], yerr=[100 * np.nan_to_num(s) for _, s in stats],
@@ -97,25 +99,44 @@ def accuracy_vs_rank(groups: list[Group], path: Path, ceiling: float | None, tit
 
 
 def frontier(groups: list[Group], path: Path, ceiling: float | None, title: str) -> Path:
-    """Accuracy vs layer-1 gradient memory; the upper-left (non-dominated) points joined as the frontier."""
+    """Accuracy vs layer-1 gradient memory; the upper-left (non-dominated) points joined as the frontier.
+
+    Each series is a line over its ranks. A method's modes keep the same memory at a rank, so every distinct
+    (method, rank, memory) gets one ``k=`` label in the method's colour: above-left of its best point for the
+    most accurate method, below-right of its worst point for the others, so neighbouring labels do not collide."""
     plt = _plt()
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
     series, dense = _split(groups)
     colors = _colors(series)
-    fig, ax = plt.subplots(figsize=(7, 5.5))
-    fig.subplots_adjust(bottom=0.28)
-    pts = []
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), layout="constrained")
+    pts: list[tuple[float, float]] = []
+    at: dict[tuple[str, int | None, float], list[float]] = {}  # (method, k, memory) -> accuracies (%)
+    color_of: dict[str, Any] = {}
+    method_accs: dict[str, list[float]] = {}  # method -> accuracies (%) of all its points
     for label, gs in series.items():
-        for g in gs:
-            (mem, _), (acc, sd) = g.stat("memory_floats_layer1"), g.stat("final_test_accuracy")
+        mems = [g.stat("memory_floats_layer1")[0] for g in gs]
+        accs = [g.stat("final_test_accuracy") for g in gs]
+        ax.errorbar(mems, [100 * m for m, _ in accs], yerr=[100 * np.nan_to_num(s) for _, s in accs],
+                    color=colors[label], capsize=2, lw=1, label=label, **_style(gs))
+        for g, mem, (acc, _) in zip(gs, mems, accs):
             pts.append((mem, 100 * acc))
-            ax.errorbar(mem, 100 * acc, yerr=100 * np.nan_to_num(sd), color=colors[label], capsize=2,
-                        marker=MARKERS.get(g.training["mode"], "o"), label=label if g is gs[0] else None)
-            ax.annotate(f"k={g.rank}", (mem, 100 * acc), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            at.setdefault((g.method, g.rank, mem), []).append(100 * acc)
+            color_of[g.method] = colors[label]
+            method_accs.setdefault(g.method, []).append(100 * acc)
+    top = max(method_accs, key=lambda m: float(np.mean(method_accs[m]))) if method_accs else None
+    for (method, rank, mem), point_accs in at.items():
+        up = method == top
+        ax.annotate(f"k={rank}", (mem, max(point_accs) if up else min(point_accs)), textcoords="offset points",
+                    xytext=(-4, 5) if up else (5, -5), ha="right" if up else "left", va="bottom" if up else "top",
+                    fontsize=7, color=color_of[method])
     for g in dense:
         (mem, _), (acc, sd) = g.stat("memory_floats_layer1"), g.stat("final_test_accuracy")
         pts.append((mem, 100 * acc))
-        ax.errorbar(mem, 100 * acc, yerr=100 * np.nan_to_num(sd), color="black", marker="*", ms=11, capsize=2,
-                    ls="none", label=g.series())
+        ax.errorbar(mem, 100 * acc, yerr=100 * np.nan_to_num(sd), color="black", marker="*", ms=12, capsize=2,
+                    ls="none", label=f"{g.series()} (full gradient)")
+        ax.annotate(f"{g.series().upper()}: {100 * acc:.1f} %, {mem:,.0f} floats", (mem, 100 * acc),
+                    textcoords="offset points", xytext=(-10, 0), ha="right", va="center", fontsize=8)
     best, front = -np.inf, []
     for mem, acc in sorted(pts):
         if acc > best:
@@ -125,6 +146,10 @@ def frontier(groups: list[Group], path: Path, ceiling: float | None, title: str)
         ax.step(*zip(*front), where="post", color="gray", lw=1, alpha=0.7, label="frontier (best accuracy so far)")
     _ceiling(ax, ceiling)
     ax.set_xscale("log")
+    ax.margins(x=0.08)
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("gradient memory of layer 1 (floats, log scale)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_ylim(0, 100)
@@ -137,8 +162,7 @@ def pulses_and_ops(groups: list[Group], path: Path, title: str) -> Path:
     plt = _plt()
     series, dense = _split(groups)
     colors = _colors(series)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    fig.subplots_adjust(bottom=0.25, wspace=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
     for ax, metric, ylabel in ((axes[0], "device_pulses", "device pulses per epoch (count, log scale)"),
                                (axes[1], "array_ops", "array operations per epoch (count, log scale)")):
         for label, gs in series.items():
@@ -160,8 +184,8 @@ def pulses_and_ops(groups: list[Group], path: Path, title: str) -> Path:
         ax.set_xlabel("rank k of the gradient decomposition")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, which="both")
-    axes[0].set_title("device pulses (training)")
-    axes[1].set_title("array operations (reads, pulse phases, row programs)")
+    axes[0].set_title("device pulses\n(training updates)")
+    axes[1].set_title("array operations\n(reads, pulse phases, row programs)")
     fig.suptitle(f"{title}: cost per epoch (mean ± std over seeds)")
     return _finish(fig, axes[0], path, legend_cols=3)
 
@@ -173,7 +197,8 @@ def learning_curves(groups: list[Group], path: Path, ceiling: float | None, titl
     panels = list(series.items()) or [("reference", [])]
     ncols = min(2, len(panels))
     nrows = (len(panels) + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
     ranks = _ranks(series)
     cmap = plt.get_cmap("viridis")
     rank_color = {k: cmap(0.85 * i / max(len(ranks) - 1, 1)) for i, k in enumerate(ranks)}
@@ -183,7 +208,7 @@ def learning_curves(groups: list[Group], path: Path, ceiling: float | None, titl
         acc = np.array([[e["test_accuracy"] for e in r["epochs"][:n]] for r in g.runs], dtype=float)
         return np.arange(1, n + 1), 100 * acc.mean(axis=0)
 
-    for ax, (label, gs) in zip(axes.flat, panels):
+    for n, (ax, (label, gs)) in enumerate(zip(axes.flat, panels)):
         for g in gs:
             ax.plot(*curve(g), marker=".", color=rank_color[g.rank], label=f"k = {g.rank}")
         for i, g in enumerate(dense):
@@ -191,14 +216,14 @@ def learning_curves(groups: list[Group], path: Path, ceiling: float | None, titl
         _ceiling(ax, ceiling)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
+        if n % ncols == 0:  # the y axis is shared along a row
+            ax.set_ylabel("test accuracy (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{title}: learning curves (test accuracy after each epoch, mean over seeds)")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _finish(fig, axes.flat[0], path, legend_cols=len(ranks) + len(dense) + 1)
 
 

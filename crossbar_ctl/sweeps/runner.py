@@ -3,6 +3,7 @@
 Each point is an ordinary training run in ``OUT/<point>/`` (results.json, checkpoint, op log). A point whose
 results.json is complete and holds the same config is skipped; a failed point writes ``OUT/<point>/error.json``
 (with the traceback) and the sweep goes on. ``OUT/sweep.json`` records the sweep and its points for ``report``.
+While it runs, the ``distributed`` logger is held at WARNING (its INFO start-up/shutdown lines are noise here).
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import logging
 import os
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from crossbar_ctl.config import config_to_dict
 from crossbar_ctl.errors import ConfigError
@@ -162,6 +164,33 @@ def run_sweep(spec: SweepSpec, points: list[Point], out: str | Path, scheduler: 
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary
+    with quiet_distributed():
+        _run_todo(todo, out, scheduler, workers, progress, echo, summary)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+@contextmanager
+def quiet_distributed(level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the ``distributed`` logger to at least ``level`` for the block, then restore it.
+
+    Dask logs cluster start-up and shutdown at INFO; with the CLI's root handler that is ~50 lines a sweep.
+    Importing distributed sets that level, so it is imported first."""
+    import distributed  # noqa: F401  (configures its loggers on first import)
+
+    logger = logging.getLogger("distributed")
+    old = logger.level
+    if old < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def _run_todo(todo: list[Point], out: Path, scheduler: str | None, workers: int, progress: bool,
+              echo: Callable[[str], None], summary: SweepSummary) -> None:
+    """Submit ``todo`` to the cluster and record each outcome in ``summary`` as it completes."""
     from dask.distributed import as_completed
 
     client, cluster = open_client(scheduler, workers)
@@ -196,11 +225,11 @@ def run_sweep(spec: SweepSpec, points: list[Point], out: str | Path, scheduler: 
         finally:
             if bar is not None:
                 bar.close()
-            for fut in futures:
-                fut.cancel()
+            pending = [fut for fut in futures if not fut.done()]  # only after an interrupt
+            if pending:
+                client.cancel(pending)
+            futures.clear()  # release the finished results before the client goes
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
