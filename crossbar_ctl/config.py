@@ -172,8 +172,10 @@ class SmuMatrixSection(_Section):
     ramp_dwell_s: float = Field(1e-3, ge=0, description="wait between ramp steps (s)")
     nplc: float = Field(1.0, ge=0.001, le=25, description="measurement integration time (power-line cycles)")
     min_pulse_width_s: float = Field(1e-4, gt=0, description="shortest pulse the SMU's trigger model produces (s)")
+    pulse_off_s: float = Field(1e-4, gt=0, description="off time between pulses of a train (s): period = width + off")
     cell_read_s: float = Field(0.05, gt=0, description="estimated time of one device read, switching included (s)")
-    cell_pulse_s: float = Field(0.05, gt=0, description="estimated time of one device pulse train, switching included (s)")
+    cell_pulse_s: float = Field(0.05, gt=0, description="estimated time of one device pulse train, switching included, "
+                                                        "the pulses themselves excluded (s)")
 
     @model_validator(mode="after")
     def _check_wiring(self) -> "SmuMatrixSection":
@@ -199,11 +201,17 @@ class SmuMatrixSection(_Section):
                     seen[pin] = here
         return self
 
-    def op_time_s(self, shapes: list[tuple[int, int]]) -> dict[str, float]:
+    def train_s(self, count: int, width_s: float) -> float:
+        """Duration of one trigger-model train of ``count`` pulses of ``width_s`` (s): pulse k starts at
+        k x (width + pulse_off_s), k = 1..count, and the last one lasts ``width_s``."""
+        return count * (width_s + self.pulse_off_s) + width_s if count > 0 else 0.0
+
+    def op_time_s(self, shapes: list[tuple[int, int]], pulses: int = 0, width_s: float = 0.0) -> dict[str, float]:
         """Estimated seconds per operation on this rig: composed array operations visit every device of the
-        largest tile (reads at ``cell_read_s``, pulse trains at ``cell_pulse_s``, an upper bound for sparse ones)."""
+        largest tile (reads at ``cell_read_s``, pulse trains at ``cell_pulse_s`` plus, with ``pulses``, the
+        :meth:`train_s` of ``pulses`` pulses of ``width_s``: an upper bound for sparse ones)."""
         cells = max(r * c for r, c in shapes)
-        r, p = self.cell_read_s, self.cell_pulse_s
+        r, p = self.cell_read_s, self.cell_pulse_s + self.train_s(pulses, width_s)
         return {"read_vmm": cells * r, "read_vmm_t": cells * r, "read_conductance": cells * r, "program": cells * p,
                 "outer_pulse": cells * p, "read_cell": r, "pulse_cell": p}
 
@@ -270,10 +278,20 @@ class RunConfig(_Section):
         if self.pulse.width_s < rig.min_pulse_width_s:
             raise ValueError(f"pulse.width_s = {self.pulse.width_s:g} s is shorter than the SMU's shortest pulse "
                              f"(smu_matrix.min_pulse_width_s = {rig.min_pulse_width_s:g} s)")
+        lim = self.limits  # the longest line: one train of max_pulses_per_device pulses of the longest width
+        train_s = rig.train_s(lim.max_pulses_per_device, lim.max_pulse_width_s)
+        if self.backend.timeout_s < train_s + SMU_LINE_MARGIN_S:
+            raise ValueError(f"backend.timeout_s = {self.backend.timeout_s:g} s is shorter than the longest pulse "
+                             f"train plus {SMU_LINE_MARGIN_S:g} s: limits.max_pulses_per_device = "
+                             f"{lim.max_pulses_per_device} pulses of limits.max_pulse_width_s = "
+                             f"{lim.max_pulse_width_s:g} s, one every "
+                             f"{lim.max_pulse_width_s + rig.pulse_off_s:g} s (smu_matrix.pulse_off_s = "
+                             f"{rig.pulse_off_s:g} s), take {train_s:.4g} s; raise the timeout or lower the limits")
         return self
 
 
 DEFAULT_DEVICE_PRESET = "agsi"
+SMU_LINE_MARGIN_S = 0.1  # smu-matrix: timeout_s must exceed the longest pulse train by this (the line's round trip)
 
 
 def _default_device() -> Any:

@@ -238,7 +238,8 @@ def dry_run(cfg: RunConfig, op_time_s: dict[str, float] | None = None) -> DryRun
     counts = count_ops(cfg, sizes, n_train, n_test)
     out.info["operations"] = counts
     if cfg.backend.kind == "smu-matrix" and cfg.smu_matrix is not None:  # device by device: the rig's estimate,
-        op_time_s = {**cfg.smu_matrix.op_time_s(shapes), **(op_time_s or {})}  # --op-time still overrides it
+        rig_s = cfg.smu_matrix.op_time_s(shapes, cfg.training.outer_slots, cfg.pulse.width_s)  # as the backend
+        op_time_s = {**rig_s, **(op_time_s or {})}  # --op-time still overrides it
     out.info["duration"] = estimate_duration(cfg, counts, op_time_s)
     return out
 

@@ -84,3 +84,17 @@ def test_cli_dry_run_never_opens_the_backend(capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert code == 2 and not report["ok"] and report["layers"][0]["fits"] is False
     assert main(["train", "--dry-run", "--op-time", "read_vmm"]) == 2
+
+
+def test_smu_matrix_estimate_counts_the_off_time_between_pulses() -> None:
+    """On the smu-matrix rig every device of a composed pulse operation gets a train of outer_slots pulses, one
+    every width + pulse_off_s: the dry run's per-operation time grows by that much per device."""
+    rig = str(Path(__file__).resolve().parents[1] / "hil" / "configs" / "emulated-smu-matrix.toml")
+    est = {}
+    for off in (1e-4, 1e-3):
+        cfg = load_config(rig, [f"smu_matrix.pulse_off_s={off}", "training.outer_slots=8", "pulse.width_s=1e-4",
+                                "backend.timeout_s=30"])
+        est[off] = dry_run(cfg).info["duration"]["op_time_s"]
+    cells = max(r * c for r, c in cfg.array.shapes())
+    assert est[1e-3]["outer_pulse"] - est[1e-4]["outer_pulse"] == pytest.approx(cells * 8 * 9e-4)
+    assert est[1e-3]["read_vmm"] == est[1e-4]["read_vmm"]

@@ -32,8 +32,9 @@ OUTPUT_STATE = "print(smua.source.output, smub.source.output)"
 CLOSED = 'print(channel.getclose("allslots"))'
 CELL = (0, 1, 0)  # the canned cell: routed by exclusiveclose("1A02,1B03,1C01,1C04")
 RAMP_DOWN = "smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = -1 print(errorqueue.count)"
-TRAIN_2 = ("smua.trigger.source.linearv(1, 1, 2) smua.trigger.source.limiti = 1e-05 trigger.timer[1].delay = 0.0001 "
-           "smua.trigger.count = 2 smua.trigger.initiate() waitcomplete() print(errorqueue.count)")
+TRAIN_2 = ("smua.trigger.source.linearv(1, 1, 2) smua.trigger.source.limiti = 1e-05 trigger.timer[1].delay = 0.0002 "
+           "trigger.timer[1].count = 2 trigger.timer[2].delay = 0.0001 smua.trigger.count = 2 smua.trigger.initiate() "
+           "waitcomplete() print(errorqueue.count)")
 RAMP_UP = "smub.source.levelv = -0.5 delay(0.001) smub.source.levelv = 0 print(errorqueue.count)"
 SMU_RESET = ("reset() errorqueue.clear() smua.source.func = smua.OUTPUT_DCVOLTS "
              "smua.source.autorangev = smua.AUTORANGE_OFF smua.source.rangev = 3 "
@@ -43,10 +44,12 @@ SMU_RESET = ("reset() errorqueue.clear() smua.source.func = smua.OUTPUT_DCVOLTS 
              "smub.AUTORANGE_ON smub.measure.nplc = 1 smub.source.levelv = 0 smub.source.limiti = 1e-05 "
              "print(errorqueue.count)")
 PULSE_SETUP = ("smua.trigger.measure.action = smua.DISABLE smua.trigger.source.action = smua.ENABLE "
-               "smua.trigger.endpulse.action = smua.SOURCE_IDLE smua.trigger.endpulse.stimulus = "
-               "trigger.timer[1].EVENT_ID trigger.timer[1].count = 1 trigger.timer[1].passthrough = false "
-               "trigger.timer[1].stimulus = smua.trigger.SOURCE_COMPLETE_EVENT_ID smua.trigger.arm.count = 1 "
-               "print(errorqueue.count)")
+               "smua.trigger.source.stimulus = trigger.timer[1].EVENT_ID "
+               "smua.trigger.endpulse.action = smua.SOURCE_IDLE "
+               "smua.trigger.endpulse.stimulus = trigger.timer[2].EVENT_ID trigger.timer[1].passthrough = false "
+               "trigger.timer[1].stimulus = smua.trigger.ARMED_EVENT_ID trigger.timer[2].count = 1 "
+               "trigger.timer[2].passthrough = false trigger.timer[2].stimulus = smua.trigger.SOURCE_COMPLETE_EVENT_ID "
+               "smua.trigger.arm.count = 1 print(errorqueue.count)")
 OUTPUTS_OFF = ("smua.source.levelv = 0 smua.source.output = smua.OUTPUT_OFF smub.source.levelv = 0 "
                "smub.source.output = smub.OUTPUT_OFF print(errorqueue.count)")
 MATRIX_RESET = "reset() errorqueue.clear() channel.connectrule = channel.BREAK_BEFORE_MAKE print(errorqueue.count)"
@@ -180,14 +183,15 @@ def test_a_cell_the_model_does_not_route_fails_at_the_matrix(library: str) -> No
 
 def test_a_matrix_address_that_is_the_smu_is_refused_by_the_identity_check(
         library: str, caplog: pytest.LogCaptureFixture) -> None:
-    # The 2602B answers the matrix's *IDN?: the driver wants a 707*/708* there and refuses before any set-up line;
-    # the safe state after the failed opening still switches the SMU off (a line the model knows) and reports that
-    # the "matrix" (the SMU model) does not know the open-all line.
-    with pytest.raises(BackendError, match=r"matrix at .* identifies as .*Model 2602B.*expected a Keithley 707\* or 708\*"):
+    # The 2602B answers the matrix's *IDN?: the driver wants a 707*/708* there and refuses before any set-up line
+    # and without a safe-state line (nothing was changed; an unexpected instrument is sent nothing but *IDN?):
+    # the model saw two *IDN? and nothing it does not know.
+    with pytest.raises(BackendError, match=r"matrix at .* identifies as .*Model 2602B.*\(model 2602B\); "
+                                           r"expected a Keithley 707\* or 708\*$"):
         connect(rig(library, matrix_address=SMU))
-    failures = [r.getMessage() for r in caplog.records if r.name == "crossbar_instruments.smu_matrix"]
-    assert failures == ["smu-matrix safe state: opening the matrix relays: instrument error -285: matrix: TSP Syntax "
-                        "error at line 1 (pyvisa-sim: a line smu_matrix.yaml does not model)"]
+    assert [r.getMessage() for r in caplog.records if r.name == "crossbar_instruments.smu_matrix"] == []
+    smu = session(library, SMU)
+    assert smu.query(ERRCOUNT) == "0.00000e+00" and smu.query(OUTPUT_STATE) == "0.00000e+00\t0.00000e+00"
 
 
 def test_a_reply_with_the_wrong_number_of_fields_raises_protocol_error_with_the_raw_bytes(library: str) -> None:

@@ -2,6 +2,8 @@
 formulas), its hazard records, and the driver leaving it safe on every exit path."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -261,16 +263,86 @@ def test_a_link_lost_in_the_middle_of_a_pulse_is_reopened_to_ramp_down_and_switc
     b.close()
 
 
-def test_the_fixed_source_range_makes_the_smu_itself_refuse_levels_beyond_the_limit() -> None:
-    """The driver fixes the source range at [limits].max_voltage_V: a level beyond it (sent by anyone) is an
-    instrument error, not an output."""
-    b, rig = loopback_rig(cfg())
-    smu = b.smu.t.instrument
-    assert rig.smu["smua"]["rangev"] == 3.0
-    assert smu.handle(b"smua.source.levelv = 5 print(errorqueue.count)\n") is None
-    assert rig.smu["smua"]["levelv"] == 0.0 and smu.errors[-1][0] == 1102
-    smu.errors.clear()
+def rig_with(config, idn: str):
+    """An smu-matrix backend on the emulated rig whose SMU identifies as ``idn``: (backend, rig, SMU)."""
+    from crossbar_instruments.smu_matrix import SmuMatrixBackend
+    from crossbar_instruments.testing import LoopbackTransport
+
+    rig = Rig(config)
+    smu, mx = EmulatedSmu(rig, idn=idn), EmulatedMatrix(rig)
+    b = SmuMatrixBackend(config, smu_transport=lambda: LoopbackTransport(smu),
+                         matrix_transport=lambda: LoopbackTransport(mx))
+    return b, rig, smu
+
+
+@pytest.mark.parametrize("model, range_V", [("2602B", 6.0), ("2604B", 6.0), ("2612B", 20.0), ("2636B", 20.0)])
+def test_the_fixed_source_range_is_the_next_range_up_and_not_a_voltage_limit(model: str, range_V: float) -> None:
+    """``rangev = 3`` (max_voltage_V) selects the lowest range covering 3 V: 6 V on a 2602B/2604B (100 mV, 1 V, 6 V,
+    40 V), 20 V on a 2612B/2636B (200 mV, 2 V, 20 V, 200 V). The SMU then sources 5 V if told to (up to 101 % of
+    the range): the guard is the driver's own limit check, which refuses 5 V before sending anything."""
+    from crossbar_ctl.errors import LimitError
+
+    b, rig, smu = rig_with(cfg(), f"Keithley Instruments Inc., Model {model}, EMULATED, 3.3.5")
+    assert rig.smu["smua"]["rangev"] == rig.smu["smub"]["rangev"] == range_V
+    sent = len(b.smu.t.log)
+    with pytest.raises(LimitError, match="max_voltage_V"):
+        b.pulse_cell(0, 0, 0, 5.0, 1e-4, 1)
+    assert len(b.smu.t.log) == sent and len(b.matrix.t.log) == 2  # *IDN?, reset: nothing sent for the pulse
+    assert smu.handle(b"smua.source.levelv = 5 print(errorqueue.count)\n") == b"0.00000e+00\n"
+    assert rig.smu["smua"]["levelv"] == 5.0  # accepted: what a real SMU does with the range the driver set
+    over = 1.01 * range_V * 1.001
+    assert smu.handle(f"smua.source.levelv = {over:.6g} print(errorqueue.count)\n".encode()) is None
+    assert rig.smu["smua"]["levelv"] == 5.0 and smu.errors.pop()[0] == 1102
+    assert smu.handle(b"smua.source.rangev = 250 print(errorqueue.count)\n") is None  # beyond the top range
+    assert rig.smu["smua"]["rangev"] == range_V and smu.errors.pop()[0] == 1102
+    assert smu.handle(b"smua.source.levelv = 0 print(errorqueue.count)\n") == b"0.00000e+00\n"
     b.close()
+    assert rig.hazards == [] and rig.is_safe and smu.errors == []
+
+
+def test_the_emulated_smu_knows_only_the_2600_models_it_has_ranges_for() -> None:
+    with pytest.raises(ValueError, match="no emulated 2600 SMU model '2651A'"):
+        EmulatedSmu(Rig(cfg()), idn="Keithley Instruments Inc., Model 2651A, 1, 1.0.0")
+
+
+def test_a_pulse_train_runs_one_pulse_per_period_timer_event_with_the_configured_off_time() -> None:
+    """The emulator reads the train from the trigger model: level, width (timer 2), period (timer 1) and count."""
+    b, rig = loopback_rig(cfg(smu_matrix={**BASE["smu_matrix"], "pulse_off_s": 3e-4}))
+    with b:
+        b.pulse_cell(0, 1, 2, 2.0, 2e-4, 5)
+        b.pulse_cell(0, 0, 0, -2.0, 1e-4, 1)
+    smu = b.smu.t.instrument
+    assert smu.trains == [("smua", 1.0, 2e-4, 5e-4, 5), ("smua", -1.0, 1e-4, 4e-4, 1)]
+    assert rig.pulses_applied == 6 and rig.hazards == [] and rig.is_safe and smu.errors == []
+
+
+@pytest.mark.parametrize("change, message", [
+    # the pre-audit train: no source stimulus, the pulses run back to back (one long pulse on a real SMU)
+    ("smua.trigger.source.stimulus = 0", "source.stimulus is not a timer: the pulses would run back to back"),
+    ("trigger.timer[1].delay = 0.0001", r"period 0.0001 s \(timer 1\) is not longer than the width 0.0001 s"),
+    ("trigger.timer[1].delay = 5e-05", r"period 5e-05 s \(timer 1\) is not longer than the width"),
+    ("trigger.timer[1].count = 2", "timer 1 gives 2 source event.s. for smua.trigger.count = 3 pulses"),
+    ("trigger.timer[1].stimulus = smua.trigger.SOURCE_COMPLETE_EVENT_ID", "not set up for timed pulses"),
+    ("smua.trigger.endpulse.stimulus = trigger.timer[1].EVENT_ID", "not set up for timed pulses"),
+    ("trigger.timer[2].count = 3", "not set up for timed pulses"),
+])
+def test_the_emulated_smu_refuses_a_pulse_train_a_real_one_would_run_wrongly(change: str, message: str) -> None:
+    """Each change of the driver's train (3 pulses of 100 us every 200 us) is refused like a failing TSP line
+    (nothing printed, -221 queued) and applies no pulse."""
+    from crossbar_instruments import tsp
+
+    b, rig = loopback_rig(cfg())
+    b.pulse_cell(0, 0, 0, 2.0, 1e-4, 1)  # routed, outputs on, column back at 0 V
+    smu = b.smu.t.instrument
+    applied = rig.pulses_applied
+    line = tsp.pulse_train("smua", 1.0, 1e-4, 1e-4, 3, 1e-5)
+    line = line.replace("waitcomplete()", "").replace("smua.trigger.initiate()", f"{change} smua.trigger.initiate()")
+    assert smu.handle(line.encode() + b"\n") is None
+    code, text = smu.errors.pop()
+    assert code == -221 and re.search(message, text), text
+    assert rig.pulses_applied == applied and smu.errors == []
+    b.close()
+    assert rig.is_safe and rig.hazards == []
 
 
 def test_a_small_training_run_on_the_rig_learns_and_leaves_it_safe(caplog: pytest.LogCaptureFixture) -> None:

@@ -10,7 +10,8 @@ column to the sense SMU (and, with ``unselected = "half-select"``, every other l
   voltage across it on that column, so the reading is that device alone.
 * ``pulse_cell``: ``half-select`` puts the column at −V/2 (a DC level, ramped) and pulses the row to +V/2, so
   the selected device sees V and every half-selected one V/2 (refused if V/2 exceeds the device threshold);
-  ``float`` pulses the row to V with the column at 0 V and the other lines open.
+  ``float`` pulses the row to V with the column at 0 V and the other lines open. A train of n pulses is one
+  trigger-model run: a pulse every ``width + pulse_off_s`` (timer 1), each ended after ``width`` (timer 2).
 
 Everything else is composed, device by device, and declared slow in :attr:`capabilities`:
 ``read_conductance`` reads every device; ``read_vmm``/``read_vmm_t`` read every device and return v·G (an ideal
@@ -19,7 +20,11 @@ multiply of the measured conductances); ``program`` pulses each device with a no
 from the run seed and programs it.
 
 Safety: every value is checked against ``[limits]`` (by :class:`~crossbar_ctl.backend.Backend`) and the rig's
-own bounds (shortest pulse, half-select threshold) before the first byte of an operation is sent; compliance
+own bounds (shortest pulse, half-select threshold) before the first byte of an operation is sent. That check is
+the voltage guard: the fixed source range is not one (the SMU selects the next range up, e.g. 6 V for a 3 V
+``max_voltage_V`` on a 2602B, and would source up to 101 % of it). The SMU must identify as a dual-channel
+2600A/B (:data:`SMU_MODELS`) and the matrix as a 707*/708*; an instrument that does not is sent nothing but
+``*IDN?``. Compliance
 is set in the same line as every output-on; DC level changes larger than ``ramp_step_V`` are ramped; the
 matrix switches only with both channels at 0 V (break before make); any failure in an operation, and
 ``close()``, ramp the levels to 0 V, switch the outputs off and open every relay.
@@ -41,8 +46,10 @@ from crossbar_instruments.transport import Transport, VisaTransport
 log = logging.getLogger(__name__)
 MAX_LINE = 1 << 16
 MAX_ERRORS_DRAINED = 16
-SMU_MODELS = ("26",)  # 2600A/B series: 2601B ... 2636B
-MATRIX_MODELS = ("707", "708")
+# Dual-channel 2600A/B SMUs only: the rig drives with one channel and senses with the other (drive_smu and
+# sense_smu must differ), so a single-channel 2601B/2611B/2635B (no smub) or a 2651A/2657A cannot serve it.
+SMU_MODELS = ("2602B", "2604B", "2612B", "2614B", "2634B", "2636B", "2602A", "2612A", "2636A")
+MATRIX_MODELS = ("707", "708")  # families: 707A/707B, 708A/708B
 
 
 class TspLink:
@@ -138,11 +145,16 @@ class SmuMatrixBackend(Backend):
         seed = np.random.SeedSequence(config.seed, spawn_key=(7,))
         self._rng = np.random.Generator(np.random.PCG64(seed))
         self.idn: dict[str, str] = {}
-        try:
+        try:  # an instrument that does not identify as expected is sent nothing else, not even the safe state
             self.smu.open()
             self.matrix.open()
-            self.idn = {"smu": self._identify(self.smu, SMU_MODELS),
-                        "matrix": self._identify(self.matrix, MATRIX_MODELS)}
+            self.idn = {"smu": self._identify(self.smu, SMU_MODELS, exact=True),
+                        "matrix": self._identify(self.matrix, MATRIX_MODELS, exact=False)}
+        except BaseException:
+            self.smu.close()
+            self.matrix.close()
+            raise
+        try:
             self.smu.run(tsp.smu_setup(self.channels, self._compliance, self.rig.nplc,
                                          config.limits.max_voltage_V))
             self.smu.run(tsp.pulse_setup(self.drive))
@@ -154,23 +166,28 @@ class SmuMatrixBackend(Backend):
             raise
 
     @staticmethod
-    def _identify(link: TspLink, models: tuple[str, ...]) -> str:
-        """``*IDN?``; the reply must name Keithley and one of ``models`` (so that swapped addresses are caught)."""
+    def _identify(link: TspLink, models: tuple[str, ...], exact: bool) -> str:
+        """``*IDN?``; the reply must name Keithley and a model that is one of ``models`` (``exact``) or starts with
+        one of them, so that swapped addresses and unsuitable instruments are refused. Returns the identity."""
         reply = link.query(tsp.IDN)
         text = tsp.fields(reply, 1, f"{link.name} *IDN?")[0]
         fields = [f.strip() for f in text.split(",")]
-        model = fields[1].removeprefix("Model ").strip() if len(fields) > 1 else ""
-        if "keithley" not in text.lower() or not model.startswith(models):
-            raise BackendError(f"{link.name} at {link.t.address} identifies as {text!r}; expected a Keithley "
-                               f"{' or '.join(m + '*' for m in models)}")
+        model = fields[1].removeprefix("Model ").strip().upper() if len(fields) > 1 else ""
+        ok = model in models if exact else model.startswith(models)
+        if "keithley" not in text.lower() or not ok:
+            accepted = ", ".join(models) if exact else " or ".join(m + "*" for m in models)
+            raise BackendError(f"{link.name} at {link.t.address} identifies as {text!r} (model {model or '?'}); "
+                               f"expected a Keithley {accepted}")
         return text
 
     # ----------------------------------------------------------------- Backend hooks
     def _capabilities(self) -> Capabilities:
         shapes = tuple(self.config.array.shapes())
+        # pulse trains as the trainer sends them: up to outer_slots pulses of [pulse].width_s, off time included
         return Capabilities(tile_shapes=shapes, native_vmm=False, native_outer_pulse=False,
                             outer_modes=("stochastic", "expected", "nearest"), slow=True,
-                            op_time_s=self.rig.op_time_s(list(shapes)))
+                            op_time_s=self.rig.op_time_s(list(shapes), self.config.training.outer_slots,
+                                                         self.config.pulse.width_s))
 
     def _read_cell(self, tile: int, row: int, col: int, v_read_V: float) -> float:
         return self._guarded(lambda: self._measure(tile, row, col, v_read_V))
@@ -350,11 +367,11 @@ class SmuMatrixBackend(Backend):
         self._connect(tile, row, col)
         if self.rig.unselected == "half-select":
             self._set_level(self.sense, -v / 2)
-            self.smu.run(tsp.pulse_train(self.drive, v / 2, width_s, count, self._compliance))
+            self.smu.run(tsp.pulse_train(self.drive, v / 2, width_s, self.rig.pulse_off_s, count, self._compliance))
             self._set_level(self.sense, 0.0)
         else:
             self._set_level(self.sense, 0.0)
-            self.smu.run(tsp.pulse_train(self.drive, v, width_s, count, self._compliance))
+            self.smu.run(tsp.pulse_train(self.drive, v, width_s, self.rig.pulse_off_s, count, self._compliance))
 
     def _pulse_counts(self, tile: int, counts: np.ndarray, v_set: float, v_reset: float, width_s: float) -> None:
         for i, j in zip(*np.nonzero(counts)):

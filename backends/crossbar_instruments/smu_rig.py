@@ -7,8 +7,10 @@ its output is on) or ground; an array line takes the potential of the matrix row
 A device with both lines at defined potentials sees v = V_row − V_col; devices with a floating line carry no
 current. A channel's measured current is the sum, over the devices on the lines it reaches, of the current out
 of its HI terminal (each device read through the simulator's ``read_cell``, read noise included). A trigger-model
-pulse train on a channel applies ``pulse_cell`` to every device whose |v| during the pulse exceeds the device
-threshold (the simulator adds the half-select disturb of its neighbours).
+pulse train on a channel (n pulses of the width timer's delay, one per period-timer event; see
+:meth:`~crossbar_instruments.tsp_instruments.EmulatedSmu._pulse_train`) applies ``pulse_cell`` to every device
+whose |v| during the pulse exceeds the device threshold (the simulator adds the half-select disturb of its
+neighbours; the off time between pulses does not enter its physics).
 
 The rig records hazards a real one would suffer and tests assert there are none: two matrix rows closed onto
 one pin (a short between instruments), relays switched while a channel drives a nonzero level (hot switching),

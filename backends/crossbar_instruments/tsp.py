@@ -33,8 +33,10 @@ def checked(*statements: str) -> str:
 # --------------------------------------------------------------------------- 2600B SMU
 def smu_setup(channels: Sequence[str], compliance_A: float, nplc: float, range_V: float) -> str:
     """Reset, clear errors, and put both channels in DC-volts mode at 0 V with the compliance set (outputs off).
-    The source range is fixed at ``range_V`` (``[limits].max_voltage_V``): the instrument itself then cannot
-    source more, and pulses never wait for a range change."""
+    The source range is fixed (autorange off) for ``range_V`` (``[limits].max_voltage_V``) so that pulses never
+    wait for a range change. This is not a voltage limit: the SMU selects its lowest range that covers
+    ``range_V`` (3 V gives 6 V on a 2602B, 20 V on a 2612B/2636B) and sources up to 101 % of that range. The
+    guard against levels beyond ``[limits]`` is the driver's own check, before any line is sent."""
     out = ["reset()", "errorqueue.clear()"]
     for ch in channels:
         out += [f"{ch}.source.func = {ch}.OUTPUT_DCVOLTS", f"{ch}.source.autorangev = {ch}.AUTORANGE_OFF",
@@ -44,15 +46,24 @@ def smu_setup(channels: Sequence[str], compliance_A: float, nplc: float, range_V
     return checked(*out)
 
 
+PERIOD_TIMER = 1  # starts each pulse: trigger.timer[1] drives the source stimulus
+WIDTH_TIMER = 2  # ends each pulse: trigger.timer[2] drives the end-pulse stimulus
+
+
 def pulse_setup(ch: str) -> str:
-    """The drive channel's trigger model for pulse trains: each of ``trigger.count`` points sources the sweep
-    level, timer 1 (started by the source action) ends it after its delay, and the channel returns to its idle
-    level (``source.levelv``) in between; nothing is measured."""
+    """The drive channel's trigger model for pulse trains (set once; :func:`pulse_train` sets the times and
+    counts). Arming starts the period timer, which emits one event every period (its delay) ``count`` times; each
+    event starts a source action (the sweep level). Each source action's completion starts the width timer, whose
+    single event ends the pulse: the channel returns to its idle level (``source.levelv``, 0 V) until the next
+    period event. Nothing is measured."""
+    p, w = f"trigger.timer[{PERIOD_TIMER}]", f"trigger.timer[{WIDTH_TIMER}]"
     return checked(f"{ch}.trigger.measure.action = {ch}.DISABLE", f"{ch}.trigger.source.action = {ch}.ENABLE",
-                   f"{ch}.trigger.endpulse.action = {ch}.SOURCE_IDLE",
-                   f"{ch}.trigger.endpulse.stimulus = trigger.timer[1].EVENT_ID", "trigger.timer[1].count = 1",
-                   "trigger.timer[1].passthrough = false",
-                   f"trigger.timer[1].stimulus = {ch}.trigger.SOURCE_COMPLETE_EVENT_ID", f"{ch}.trigger.arm.count = 1")
+                   f"{ch}.trigger.source.stimulus = {p}.EVENT_ID",
+                   f"{ch}.trigger.endpulse.action = {ch}.SOURCE_IDLE", f"{ch}.trigger.endpulse.stimulus = {w}.EVENT_ID",
+                   f"{p}.passthrough = false", f"{p}.stimulus = {ch}.trigger.ARMED_EVENT_ID",
+                   f"{w}.count = 1", f"{w}.passthrough = false",
+                   f"{w}.stimulus = {ch}.trigger.SOURCE_COMPLETE_EVENT_ID",
+                   f"{ch}.trigger.arm.count = 1")
 
 
 def outputs_on(channels: Sequence[str], compliance_A: float) -> str:
@@ -101,11 +112,14 @@ def measure(drive: str, sense: str, v_read_V: float | None) -> str:
             f"{post}print(xb_i, xb_k, errorqueue.count)")
 
 
-def pulse_train(ch: str, v_pulse_V: float, width_s: float, count: int, compliance_A: float) -> str:
-    """``count`` pulses of ``v_pulse_V`` and ``width_s`` on ``ch`` through the trigger model; waits for the end."""
+def pulse_train(ch: str, v_pulse_V: float, width_s: float, off_s: float, count: int, compliance_A: float) -> str:
+    """``count`` pulses of ``v_pulse_V`` and ``width_s``, ``off_s`` apart (at the idle level), on ``ch`` through the
+    trigger model of :func:`pulse_setup`; waits for the end (``count`` x (width + off) + width after arming)."""
+    p, w = f"trigger.timer[{PERIOD_TIMER}]", f"trigger.timer[{WIDTH_TIMER}]"
     return checked(f"{ch}.trigger.source.linearv({num(v_pulse_V)}, {num(v_pulse_V)}, {count})",
-                   f"{ch}.trigger.source.limiti = {num(compliance_A)}", f"trigger.timer[1].delay = {num(width_s)}",
-                   f"{ch}.trigger.count = {count}", f"{ch}.trigger.initiate()", "waitcomplete()")
+                   f"{ch}.trigger.source.limiti = {num(compliance_A)}", f"{p}.delay = {num(width_s + off_s)}",
+                   f"{p}.count = {count}", f"{w}.delay = {num(width_s)}", f"{ch}.trigger.count = {count}",
+                   f"{ch}.trigger.initiate()", "waitcomplete()")
 
 
 def output_state(channels: Sequence[str]) -> str:
