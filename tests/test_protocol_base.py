@@ -10,7 +10,7 @@ import pytest
 from crossbar_ctl.config import config_from_dict
 from crossbar_ctl.errors import ConfigError, LimitError
 from crossbar_protocols import Plan, Protocol, ProtocolParams, ProtocolResult, make_protocol, register_protocol
-from crossbar_protocols.base import _REGISTERED, available_protocols, protocol_class
+from crossbar_protocols.base import DEFAULT_OP_TIME_S, _REGISTERED, available_protocols, protocol_class
 from crossbar_protocols.cells import parse_cells
 from crossbar_protocols.clock import SimulatedClock, WallClock, default_clock
 from crossbar_sim.backend import SimBackend
@@ -18,8 +18,8 @@ from crossbar_sim.backend import SimBackend
 BUILTIN = ["array-map", "endurance", "iv-sweep", "ltp-ltd", "read-disturb", "retention", "write-verify"]
 
 
-def sim(rows: int = 2, cols: int = 4, **device: Any) -> SimBackend:
-    return SimBackend(config_from_dict({"seed": 3, "array": {"tiles": 1, "rows": rows, "cols": cols},
+def sim(rows: int = 2, cols: int = 4, tiles: int = 1, **device: Any) -> SimBackend:
+    return SimBackend(config_from_dict({"seed": 3, "array": {"tiles": tiles, "rows": rows, "cols": cols},
                                         "device": {"preset": "agsi", **device}}))
 
 
@@ -91,6 +91,8 @@ OVER_LIMIT = [  # (protocol, params, limit that refuses it, value)
     ("ltp-ltd", {"pulses_per_step": 2000, "pulses_ltp": 2000, "pulses_ltd": 2000}, "max_pulses_per_device", 2000),
     ("iv-sweep", {"v_min_V": -3.2}, "max_voltage_V", 3.2),  # only the far end of the sweep is over
     ("iv-sweep", {"compliance_A": 1e-3}, "compliance_current_A", 1e-3),
+    ("iv-sweep", {"width_s": 2e-3, "mode": "pulsed"}, "max_pulse_width_s", 2e-3),
+    ("iv-sweep", {"width_s": 2e-3}, "max_pulse_width_s", 2e-3),  # the staircase's dwell too
     ("retention", {"v_program_V": -4.0}, "max_voltage_V", 4.0),
     ("endurance", {"pulses_per_step": 1500, "pulses_set": 1500}, "max_pulses_per_device", 1500),
     ("read-disturb", {"v_read_V": -3.1}, "max_voltage_V", 3.1),
@@ -131,7 +133,9 @@ DETERMINISTIC_COUNTS = [  # protocols whose operation count does not depend on w
     ("ltp-ltd", {"pulses_ltp": 6, "pulses_ltd": 4, "pulses_per_step": 2, "cycles": 2, "prepare_pulses": 3}),
     ("ltp-ltd", {"pulses_ltp": 6, "pulses_ltd": 4, "cycles": 2, "mode": "parallel"}),
     ("iv-sweep", {"step_V": 0.1, "cycles": 2}),
+    ("iv-sweep", {"step_V": 0.1, "cycles": 2, "mode": "pulsed", "width_s": 3e-6}),
     ("retention", {"duration_s": 10, "interval_s": 2}),
+    ("retention", {"duration_s": 10, "interval_s": 2, "mode": "parallel"}),
     ("read-disturb", {"reads": 7}),
     ("array-map", {"repeats": 1, "pulses_set": 25, "pulses_reset": 20}),
     ("array-map", {"mode": "cell", "pulse_response": False}),
@@ -141,22 +145,36 @@ DETERMINISTIC_COUNTS = [  # protocols whose operation count does not depend on w
 
 @pytest.mark.parametrize("name,params", DETERMINISTIC_COUNTS)
 def test_estimate_counts_exactly_the_operations_and_pulses_sent(name: str, params: dict) -> None:
-    b = sim()
+    """Operations, device pulses and pulse time counted from the operations sent. A read above the switching
+    threshold is a pulse (iv-sweep staircase); a program of n pulses per device takes n widths, once per tile."""
+    b = sim(tiles=2)
     ops: list[Any] = []
     b.add_listener(ops.append)
     proto = make_protocol(name, params)
-    cells = [(0, 0, 1), (0, 1, 2), (0, 1, 3)]
-    est = proto.estimate(cells)
+    cells = [(0, 0, 1), (0, 1, 2), (0, 1, 3), (1, 0, 0)]
+    est = proto.estimate(cells, device=b.config.device)
     proto.run(b, cells)
     kinds: dict[str, int] = {}
     pulses = 0
+    pulse_time_s = 0.0
+    v_th = b.config.device.v_threshold_V
     for rec in ops:
         kinds[rec.kind] = kinds.get(rec.kind, 0) + 1
-        pulses += rec.params["count"] if rec.kind == "pulse_cell" else 0
-        pulses += int(np.abs(rec.params["pulses"]).sum()) if rec.kind == "program" else 0
+        if rec.kind == "pulse_cell":
+            pulses += rec.params["count"]
+            pulse_time_s += rec.params["count"] * rec.params["width_s"]
+        elif rec.kind == "program":
+            pulses += int(np.abs(rec.params["pulses"]).sum())
+            pulse_time_s += int(np.abs(rec.params["pulses"]).max()) * rec.params["width_s"]
+        elif rec.kind == "read_cell" and abs(rec.params["v_read_V"]) >= v_th:
+            pulses += 1
+            pulse_time_s += proto.params.width_s
     assert {k: v for k, v in est["ops"].items() if v} == kinds
     assert est["pulses"] == pulses
-    assert est["duration_s"] > 0
+    if name == "iv-sweep":
+        assert pulses > 0  # the staircase steps above 1.2 V and the pulsed mode's pulses
+    ops_s = sum(n * DEFAULT_OP_TIME_S[k] for k, n in kinds.items())
+    assert est["duration_s"] == pytest.approx(ops_s + pulse_time_s + est["wait_s"], rel=1e-12)
 
 
 def test_write_verify_estimate_is_an_upper_bound() -> None:
@@ -209,3 +227,43 @@ def test_half_select_switching_between_chosen_cells_is_refused_before_any_operat
     assert b.seq == 0
     proto.run(b, [(0, 0, 0), (0, 1, 1), (0, 2, 2)])  # distinct rows and columns: allowed
     make_protocol("ltp-ltd", {"pulses_ltp": 4, "pulses_ltd": 4}).run(sim(), [(0, 0, 0), (0, 0, 1)])  # 1 V: fine
+
+
+def test_iv_sweep_estimate_counts_steps_at_or_above_the_threshold_as_pulses() -> None:
+    proto = make_protocol("iv-sweep", {"v_max_V": 2.0, "v_min_V": -1.5, "step_V": 0.1, "cycles": 3})
+    v, _ = proto.staircase()
+    assert np.count_nonzero(v == 1.2) == 2  # the threshold itself is on the staircase (up and down)
+    # per loop |V| >= 1.2 V: 0 -> 2 V: 9 steps (1.2 ... 2.0); 2 V -> 0: 8 (1.9 ... 1.2); 0 -> -1.5 V: 4; back: 3
+    cfg = config_from_dict({"device": {"preset": "agsi"}})
+    est = proto.estimate([(0, 0, 0), (0, 1, 1)], device=cfg.device)
+    assert est["pulses"] == 2 * 3 * (9 + 8 + 4 + 3)
+    assert est["ops"] == {"read_cell": 2 * 3 * len(v)}
+    assert proto.estimate([(0, 0, 0)])["pulses"] == 3 * np.count_nonzero(v)  # no device: every nonzero step
+    pulsed = make_protocol("iv-sweep", {"v_max_V": 2.0, "v_min_V": -1.5, "step_V": 0.1, "mode": "pulsed"})
+    est = pulsed.estimate([(0, 0, 0)], device=cfg.device)
+    assert est["ops"] == {"pulse_cell": len(v) - 2, "read_cell": len(v)}  # no pulse at the two 0 V steps
+    assert est["pulses"] == len(v) - 2
+
+
+def test_iv_sweep_half_select_and_energy_are_checked_before_any_operation() -> None:
+    b = sim(rows=3, cols=3)
+    proto = make_protocol("iv-sweep", {"v_max_V": 2.8, "step_V": 0.2})
+    with pytest.raises(ConfigError, match="2.8 V half-select.*row 0"):
+        proto.run(b, [(0, 0, 0), (0, 0, 2)])  # 1.4 V on the shared row: above the 1.2 V threshold
+    with pytest.raises(ConfigError, match="half-select.*column 1"):
+        make_protocol("iv-sweep", {"v_min_V": -2.6, "mode": "pulsed"}).run(b, [(0, 0, 1), (0, 2, 1)])
+    assert b.seq == 0
+    proto.run(b, [(0, 0, 0), (0, 1, 1)])  # distinct rows and columns
+    cfg = config_from_dict({"array": {"tiles": 1, "rows": 2, "cols": 2}, "limits": {"max_energy_per_op_J": 1e-16}})
+    with pytest.raises(LimitError) as err:  # one device, (2.8 V)² x 38.462 nS x 1 µs = 3.0e-13 J
+        make_protocol("iv-sweep", {"v_max_V": 2.8}).run(SimBackend(cfg), [(0, 0, 0)])
+    assert err.value.limit == "max_energy_per_op_J" and err.value.value == pytest.approx(2.8 ** 2 * 38.462e-9 * 1e-6)
+
+
+def test_iv_sweep_read_voltage_rules() -> None:
+    with pytest.raises(ConfigError, match="pulsed"):
+        make_protocol("iv-sweep", {"v_read_V": 0.2})  # staircase reads at the step voltage
+    with pytest.raises(ConfigError, match="above the switching threshold"):
+        make_protocol("iv-sweep", {"mode": "pulsed", "v_read_V": 1.5}).run(sim(), [(0, 0, 0)])
+    with pytest.raises(LimitError, match="v_read_V"):
+        make_protocol("iv-sweep", {"mode": "pulsed", "v_read_V": -3.5}).run(sim(), [(0, 0, 0)])

@@ -77,3 +77,54 @@ def test_set_splits_protocol_parameters_from_config_keys() -> None:
     assert config == ["device.sigma_c2c=0", "seed=3"]
     with pytest.raises(ConfigError, match="not a run-config section"):
         split_sets(["pulse.x.y=1", "devcie.sigma_c2c=0"])
+
+
+def test_dry_run_applies_the_half_select_check_of_the_real_run(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """2.6 V pulses half-select the other cells of row 0 at 1.3 V > 1.2 V: the dry run refuses what the run does."""
+    from crossbar_ctl.cli import main
+
+    rig = tmp_path / "rig.toml"
+    rig.write_text(RIG)
+    args = ["protocol", "run", "ltp-ltd", "-c", str(rig), "--set", "v_set_V=2.6", "--cells", "0:0:0-3"]
+    assert cli(args + ["--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert "limits: pulses of 2.6 V half-select" in out and "[device].v_threshold_V" in out
+    assert cli(args + ["--dry-run", "--json"]) == 2
+    rep = json.loads(capsys.readouterr().out)
+    assert not rep["ok"] and "half-select" in rep["limits"] and rep["estimate"]["pulses"] == 4 * 3 * 200
+    assert main(args + ["--out", str(tmp_path / "run")]) == 2  # the real run: refused the same way
+    assert "half-select" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert cli(args[:-4] + ["--cells", "0:0:0,0:1:1", "--dry-run"]) == 0  # distinct rows and columns: allowed
+    assert "limits: ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sets,error", [
+    (["v_set_V=2.6"], "half-select"),  # a check protocol.run applies
+    (["mode=parallel", "v_read_V=0.3"], "parallel"),  # read-mode check
+    (["v_set_V=2.9", "limits.max_voltage_V=2.5"], "max_voltage_V"),
+])
+def test_a_refused_run_opens_no_backend_and_creates_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            sets: list[str], error: str) -> None:
+    import crossbar_protocols.runner as runner
+    from crossbar_protocols import make_protocol, run_protocol
+    from crossbar_protocols.cli import split_sets
+
+    opened: list[object] = []
+    real_connect = runner.connect
+    monkeypatch.setattr(runner, "connect", lambda cfg: opened.append(cfg) or real_connect(cfg))
+    rig = tmp_path / "rig.toml"
+    rig.write_text(RIG)
+    params, overrides = split_sets(sets)
+    cfg = load_config(rig, overrides)
+    assert cfg.logging.op_log  # a run that went through would write DIR/oplog.h5
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=error):  # ConfigError and LimitError are ValueErrors
+        run_protocol(make_protocol("ltp-ltd", params), cfg, "0:0:0-3", out)
+    assert opened == [] and not out.exists() and not (out / "oplog.h5").exists()
+    # the same protocol on cells it may use runs and writes its op log (the check is not refusing everything)
+    if error == "half-select":
+        run_protocol(make_protocol("ltp-ltd", {**params, "pulses_ltp": 2, "pulses_ltd": 2, "cycles": 1}), cfg,
+                     "0:0:0,0:1:1", out, plots=False)
+        assert len(opened) == 1 and (out / "oplog.h5").is_file()

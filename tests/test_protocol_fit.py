@@ -99,3 +99,40 @@ def test_fit_refuses_data_it_cannot_fit() -> None:
         fit_result(iv)
     with pytest.raises(FitError, match="unknown model"):
         fit_result(flat, model="no-such-model")
+
+
+def test_fit_round_trip_study_pipeline_on_tiny_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """studies/fit_round_trip.py end to end: 128 devices, then 1 epoch of MBGD on 256 images per device."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "fit_round_trip.py"
+    spec = importlib.util.spec_from_file_location("fit_round_trip", path)
+    assert spec is not None and spec.loader is not None
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    out = tmp_path / "rt"
+    assert study.main(["--out", str(out), "--rows", "8", "--cols", "16", "--seeds", "0", "--epochs", "1",
+                       "--train-set", "training.limit_train=256", "--train-set", "training.limit_test=200",
+                       "--train-set", "training.hidden=[16]"]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted − true" in printed and "a_ltp" in printed
+    s = json.loads((out / "summary.json").read_text())
+    assert s["characterisation"]["cells"] == 128 and s["fit"]["quality"]["cells_fitted"] == 128
+    params = {p["parameter"]: p for p in s["parameters"]}
+    for key, rel in (("g_min_S", 1e-6), ("g_max_S", 1e-6), ("a_ltp", 0.10), ("a_ltd", 0.10), ("sigma_c2c", 0.15)):
+        assert params[key]["true"] == pytest.approx(AGSI[key])
+        assert params[key]["fitted"] == pytest.approx(AGSI[key], rel=rel), key
+        assert params[key]["rel_error"] == pytest.approx(params[key]["fitted"] / AGSI[key] - 1, abs=1e-12)
+    assert params["sigma_d2d_g_min"]["true"] == 0 and params["sigma_d2d_g_min"]["rel_error"] is None
+    t = s["training"]
+    assert t["seeds"] == [0] and len(t["accuracy_fitted"]) == len(t["accuracy_true"]) == 1
+    assert 0.1 < t["accuracy_fitted"][0] <= 1 and 0.1 < t["accuracy_true"][0] <= 1  # above chance after 1 epoch
+    assert t["difference_points"] == pytest.approx(100 * (t["accuracy_fitted"][0] - t["accuracy_true"][0]))
+    assert t["within_1_point"] == (abs(t["difference_points"]) <= 1.0)
+    assert load_config(out / "device.toml").device.a_ltp == pytest.approx(params["a_ltp"]["fitted"])
+    for kind in ("fitted", "true"):
+        res = json.loads((out / "train" / kind / "s0" / "results.json").read_text())
+        assert res["final_test_accuracy"] == pytest.approx(t[f"accuracy_{kind}"][0])
+    assert json.loads((out / "train" / "true" / "s0" / "results.json").read_text())["config"]["device"][
+        "a_ltp"] == pytest.approx(AGSI["a_ltp"])

@@ -3,10 +3,13 @@
 A protocol is a small typed object: ``Params`` (a pydantic model, SI units, unknown keys refused) says what it
 takes; :meth:`Protocol.run` applies it to a list of cells ``(tile, row, col)`` through Backend operations only
 (``read_cell``, ``pulse_cell``, ``read_conductance``, ``program``) and returns a :class:`ProtocolResult`.
-Before the first operation :meth:`Protocol.check_limits` checks every voltage, width and per-operation pulse
-count the whole protocol will use (all steps of a sweep, not just the first) against the run's ``[limits]``
-and raises :class:`~crossbar_ctl.errors.LimitError` naming the limit and the value. :meth:`Protocol.estimate`
-counts pulses, reads and operations for a dry run without touching an array:
+Before the first operation :meth:`Protocol.check` applies every check of a run, and needs only the run config
+(so a dry run applies the same ones, and the runner applies them before it opens a backend or creates a file):
+:meth:`Protocol.check_limits` compares every voltage, width and per-operation pulse count the whole protocol
+will use (all steps of a sweep, not just the first) with the run's ``[limits]`` and raises
+:class:`~crossbar_ctl.errors.LimitError` naming the limit and the value; then the energy bound, the
+half-select check and :meth:`Protocol.check_config`. :meth:`Protocol.estimate` counts pulses, reads and
+operations for a dry run without touching an array:
 
     duration_s ≈ Σ_kind ops[kind]·t_op[kind] + pulses·width_s + waits
 
@@ -200,8 +203,18 @@ class Protocol(abc.ABC):
              clock: "Clock") -> ProtocolResult:
         """The measurement itself (limits and cells already checked)."""
 
+    def check_config(self, config: RunConfig) -> None:
+        """Checks that need the run config beyond ``[limits]`` (read mode, read voltage); part of :meth:`check`."""
+
     def check_backend(self, backend: "Backend") -> None:
-        """Checks that need the backend (beyond ``[limits]``); called before the first operation."""
+        """Checks that need the open backend itself (none of the built-in protocols has any); called by
+        :meth:`run` after :meth:`check`, before the first operation. Prefer :meth:`check_config`: dry runs and the
+        runner's early checks cannot apply this one."""
+
+    def plan_on(self, cells: np.ndarray, device: Any) -> Plan:
+        """:meth:`plan` for a rig whose ``[device]`` section is ``device`` (default: the device changes nothing;
+        a protocol whose reads above the switching threshold are pulses overrides it)."""
+        return self.plan(cells)
 
     def pulse_amplitudes(self) -> list[float]:
         """Amplitudes (V) of the programming pulses the protocol sends (half-select and energy checks)."""
@@ -233,10 +246,23 @@ class Protocol(abc.ABC):
             if not np.isfinite(value) or value > allowed:
                 raise LimitError(key, float(value), float(allowed), f"protocol {self.name} {what}")
 
-    def estimate(self, cells: Iterable[Iterable[int]] | np.ndarray,
-                 op_time_s: dict[str, float] | None = None) -> dict[str, Any]:
-        """Dry-run estimate: ``{pulses, reads, duration_s, ops}`` (pulses and reads per device)."""
-        plan = self.plan(normalize_cells(cells))
+    def check(self, config: RunConfig, cells: np.ndarray) -> None:
+        """Every check a run applies, from the run config alone: ``[limits]``, the energy per operation, half-select
+        disturb between the chosen ``cells`` and :meth:`check_config`. Raises (LimitError, ConfigError,
+        ValueError) before anything is sent."""
+        from crossbar_protocols.cells import check_half_select
+
+        self.check_limits(config.limits)
+        self.check_energy(config.limits, config.device, cells)
+        check_half_select(config.device, cells, self.pulse_amplitudes())
+        self.check_config(config)
+
+    def estimate(self, cells: Iterable[Iterable[int]] | np.ndarray, op_time_s: dict[str, float] | None = None,
+                 device: Any = None) -> dict[str, Any]:
+        """Dry-run estimate: ``{pulses, reads, duration_s, ops}`` (pulses and reads per device); with ``device``
+        (the rig's ``[device]``) from :meth:`plan_on`, else from :meth:`plan`."""
+        arr = normalize_cells(cells)
+        plan = self.plan(arr) if device is None else self.plan_on(arr, device)
         times = {**DEFAULT_OP_TIME_S, **(op_time_s or {})}
         ops_s = sum(n * times.get(k, 1e-3) for k, n in plan.ops.items())
         return {"pulses": int(plan.pulses), "reads": int(plan.reads),
@@ -245,15 +271,11 @@ class Protocol(abc.ABC):
 
     def run(self, backend: "Backend", cells: Iterable[Iterable[int]] | np.ndarray,
             rng: np.random.Generator | None = None, *, clock: "Clock | None" = None) -> ProtocolResult:
-        """Check limits, cells and half-select disturb, then measure. Sends nothing if a check fails."""
+        """Check cells and everything :meth:`check` checks, then measure. Sends nothing if a check fails."""
         from crossbar_protocols.clock import default_clock
 
-        from crossbar_protocols.cells import check_half_select
-
         arr = normalize_cells(cells, backend.tile_shapes)
-        self.check_limits(backend.limits)
-        self.check_energy(backend.limits, backend.config.device, arr)
-        check_half_select(backend, arr, self.pulse_amplitudes())
+        self.check(backend.config, arr)
         self.check_backend(backend)
         rng = rng if rng is not None else np.random.default_rng(0)
         clk = clock if clock is not None else default_clock(backend)

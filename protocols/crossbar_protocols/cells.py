@@ -12,7 +12,7 @@ Cell spec: comma-separated ``TILE:ROWS:COLS`` items; each part is ``*`` (all), `
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -57,14 +57,16 @@ def parse_cells(spec: str, tile_shapes: Sequence[tuple[int, int]]) -> np.ndarray
     return normalize_cells(unique, tile_shapes)
 
 
-def check_half_select(backend: "Backend", cells: np.ndarray, amplitudes_V: list[float]) -> None:
+def check_half_select(device: Any, cells: np.ndarray, amplitudes_V: list[float]) -> None:
     """Refuse pulses whose half-select bias |V|/2 exceeds the switching threshold ([device].v_threshold_V) when
     two chosen cells share a row or a column: pulsing one would switch the other (V/2 scheme), so neither would
-    measure what the protocol claims. Cells on distinct rows and columns, or lower amplitudes, are fine."""
+    measure what the protocol claims. Cells on distinct rows and columns, or lower amplitudes, are fine.
+    ``device`` is the run's ``[device]`` section (only ``v_threshold_V`` is used): no backend is needed, so a dry
+    run applies the same check."""
     if not amplitudes_V:
         return
     v = max(abs(a) for a in amplitudes_V)
-    v_th = float(backend.config.device.v_threshold_V)
+    v_th = float(device.v_threshold_V)
     if v / 2 <= v_th:
         return
     for t in np.unique(cells[:, 0]).tolist():
@@ -76,6 +78,16 @@ def check_half_select(backend: "Backend", cells: np.ndarray, amplitudes_V: list[
                     f"pulses of {v:g} V half-select other devices at {v / 2:g} V, above the switching threshold "
                     f"{v_th:g} V ([device].v_threshold_V), and the chosen cells share tile {t} {what} "
                     f"{int(vals[counts > 1][0])}: choose cells on distinct rows and columns or lower the amplitude")
+
+
+def check_read_mode(config_v_read_V: float, mode: Mode, v_read_V: float | None) -> float:
+    """The read voltage (V) cells are read at: ``v_read_V``, or ``[read].v_read_V`` (``config_v_read_V``) when
+    None. Mode "parallel" reads with read_conductance at the rig's read voltage only, so another ``v_read_V``
+    is refused (ValueError)."""
+    if mode == "parallel" and v_read_V is not None and float(v_read_V) != config_v_read_V:
+        raise ValueError(f'mode "parallel" reads with read_conductance at [read].v_read_V = {config_v_read_V:g} V; '
+                         f"v_read_V = {v_read_V:g} V needs mode \"cell\" (or set read.v_read_V)")
+    return float(config_v_read_V if v_read_V is None else v_read_V)
 
 
 def read_ops(cells: np.ndarray, mode: Mode) -> dict[str, int]:
@@ -101,11 +113,7 @@ class CellAccess:
         self.backend = backend
         self.cells = np.asarray(cells, dtype=np.int64)
         self.mode = mode
-        cfg_v = backend.config.read.v_read_V
-        if mode == "parallel" and v_read_V is not None and float(v_read_V) != cfg_v:
-            raise ValueError(f'mode "parallel" reads with read_conductance at [read].v_read_V = {cfg_v:g} V; '
-                             f"v_read_V = {v_read_V:g} V needs mode \"cell\" (or set read.v_read_V)")
-        self.v_read_V = float(cfg_v if v_read_V is None else v_read_V)
+        self.v_read_V = check_read_mode(backend.config.read.v_read_V, mode, v_read_V)
         self.tiles = [int(t) for t in np.unique(self.cells[:, 0])]
         self._sel = {t: np.nonzero(self.cells[:, 0] == t)[0] for t in self.tiles}
 

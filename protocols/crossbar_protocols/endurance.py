@@ -16,9 +16,10 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import Field
 
+from crossbar_ctl.config import RunConfig
 from crossbar_protocols.base import (CELL_UNITS, AccessParams, Plan, Protocol, ProtocolResult, PulseParams,
                                      cell_columns, devices_per_op)
-from crossbar_protocols.cells import CellAccess, pulse_ops, read_ops
+from crossbar_protocols.cells import CellAccess, check_read_mode, pulse_ops, read_ops
 
 
 class EnduranceParams(PulseParams, AccessParams):
@@ -52,8 +53,8 @@ class Endurance(Protocol):
         yield "max_pulses_per_device", min(p.pulses_per_step, max(p.pulses_set, p.pulses_reset)), \
             "pulses_per_step"
 
-    def check_backend(self, backend: Any) -> None:
-        CellAccess(backend, np.zeros((1, 3), dtype=np.int64), self.params.mode, self.params.v_read_V)
+    def check_config(self, config: RunConfig) -> None:
+        check_read_mode(config.read.v_read_V, self.params.mode, self.params.v_read_V)
 
     def plan(self, cells: np.ndarray) -> Plan:
         p = self.params

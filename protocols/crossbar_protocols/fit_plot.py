@@ -27,7 +27,6 @@ def plot_fit(report: "FitReport", path: str | Path) -> Path:
     a.set_xlabel("pulse # (within cycle)")
     a.set_ylabel("conductance G (nS)")
     a.grid(alpha=0.3)
-    a.legend(fontsize=8, loc="lower center")
     a.set_title("ltp-ltd data vs fitted neurosim-exp")
     d, q, se = report.device, report.quality, report.stderr
     lines = [
@@ -49,6 +48,8 @@ def plot_fit(report: "FitReport", path: str | Path) -> Path:
     b.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=9,
            transform=b.transAxes)
     b.set_title("fitted [device] parameters and fit quality")
+    b.legend(*a.get_legend_handles_labels(), loc="lower left", fontsize=8, title="left panel",
+             title_fontsize=8, frameon=False)  # in the free space under the text, off the data
     out = Path(path)
     fig.savefig(out)
     return out

@@ -19,9 +19,10 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import Field, model_validator
 
+from crossbar_ctl.config import RunConfig
 from crossbar_protocols.base import (CELL_UNITS, AccessParams, Plan, Protocol, ProtocolResult, PulseParams,
                                      cell_columns, devices_per_op)
-from crossbar_protocols.cells import CellAccess, pulse_ops, read_ops
+from crossbar_protocols.cells import CellAccess, check_read_mode, pulse_ops, read_ops
 
 
 class LtpLtdParams(PulseParams, AccessParams):
@@ -73,12 +74,12 @@ class LtpLtd(Protocol):
         plan.add_ops(pulse_ops(cells, p.mode), p.cycles * (n_up + n_dn) + (1 if p.prepare_pulses else 0))
         plan.reads = reads * len(cells)
         plan.pulses = len(cells) * (p.prepare_pulses + p.cycles * (p.pulses_ltp + p.pulses_ltd))
-        trains = p.cycles * (n_up + n_dn) * (len(cells) if p.mode == "cell" else len(np.unique(cells[:, 0])))
-        plan.pulse_time_s = trains * p.pulses_per_step * p.width_s
+        units = len(cells) if p.mode == "cell" else len(np.unique(cells[:, 0]))  # trains sent one after another
+        plan.pulse_time_s = units * (p.cycles * (n_up + n_dn) * p.pulses_per_step + p.prepare_pulses) * p.width_s
         return plan
 
-    def check_backend(self, backend: Any) -> None:
-        CellAccess(backend, np.zeros((1, 3), dtype=np.int64), self.params.mode, self.params.v_read_V)
+    def check_config(self, config: RunConfig) -> None:
+        check_read_mode(config.read.v_read_V, self.params.mode, self.params.v_read_V)
 
     def _run(self, backend: Any, cells: np.ndarray, rng: np.random.Generator, clock: Any) -> ProtocolResult:
         p = self.params

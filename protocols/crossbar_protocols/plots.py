@@ -32,6 +32,12 @@ def _plain_log_y(ax: object) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())  # type: ignore[attr-defined]
 
 
+def _legend_below(ax: object, ncol: int = 2) -> None:
+    """The axes' legend under its x label, outside the data (constrained layout makes room)."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, fontsize=8,  # type: ignore[attr-defined]
+              frameon=False)
+
+
 def _figure(w: float, h: float, ncols: int = 1, nrows: int = 1, **kw: object) -> tuple[Figure, np.ndarray]:
     fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -68,49 +74,72 @@ def plot_ltp_ltd(res: ProtocolResult, out: Path) -> list[Path]:
     b.set_title(f"all {g.shape[2]} cells, {g.shape[0]} cycles")
     for ax in (a, b):
         lo_y, hi_y = ax.get_ylim()
-        ax.set_ylim(lo_y, hi_y + 0.12 * (hi_y - lo_y))  # headroom for the phase labels
+        ax.set_ylim(lo_y, hi_y + 0.12 * (hi_y - lo_y))  # headroom for the phase labels, above the data
         if switch is not None:
             ax.axvline(switch, color="k", ls="--", lw=0.8)
-            box = {"facecolor": "white", "alpha": 0.8, "edgecolor": "none"}
-            ax.text(switch * 0.5, 0.99, "LTP (set pulses)", transform=ax.get_xaxis_transform(), ha="center",
-                    va="top", bbox=box)
-            ax.text(switch + 0.5 * (pulse[-1] - switch), 0.99, "LTD (reset pulses)",
-                    transform=ax.get_xaxis_transform(), ha="center", va="top", bbox=box)
+            ax.text(switch * 0.5, 0.97, "LTP (set pulses)", transform=ax.get_xaxis_transform(), ha="center",
+                    va="top")
+            ax.text(switch + 0.5 * (pulse[-1] - switch), 0.97, "LTD (reset pulses)",
+                    transform=ax.get_xaxis_transform(), ha="center", va="top")
         ax.set_xlabel("pulse # (within cycle)")
         ax.set_ylabel("conductance G (nS)")
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower center", fontsize=8)
+        _legend_below(ax, ncol=3)
     fig.suptitle(_title(res))
     return [_save(fig, out / "ltp_ltd.png")]
 
 
 def plot_iv(res: ProtocolResult, out: Path) -> list[Path]:
-    v, i = res.arrays["v_V"], res.arrays["i_A"]  # (m,), (cells, cycles, m)
+    """Staircase: I–V loops (nA) and log |I| (nA). Pulsed: the remanent G (nS) read after each pulse against the
+    pulse voltage, and log |I| of those reads (nA). Points at or above compliance are marked."""
+    v, i = res.arrays["v_V"], res.arrays["i_A"] * NA  # (m,), (cells, cycles, m)
+    g = res.arrays["G_S"] * NS
     branch = res.table["branch"][: len(v)]
-    fig, (a, b) = _figure(11, 4.2, 2)
+    hit = res.table["compliance"].reshape(i.shape).astype(bool) if "compliance" in res.table else np.zeros(i.shape,
+                                                                                                       bool)
+    pulsed = res.summary.get("mode") == "pulsed"
+    fig, (a, b) = _figure(11, 4.6, 2)
     names = ["0 → V+", "V+ → 0", "0 → V−", "V− → 0"]
     colors = ["#d62728", "#ff9896", "#1f77b4", "#aec7e8"]
     for cy in range(i.shape[1]):
         for k in range(4):
             sel = branch == k
             label = names[k] if cy == 0 else None
-            a.plot(v[sel], i[0, cy, sel] * NA, ".-", ms=3, lw=1, color=colors[k], label=label)
+            a.plot(v[sel], (g if pulsed else i)[0, cy, sel], ".-", ms=3, lw=1, color=colors[k], label=label)
             nz = sel & (np.abs(i[0, cy]) > 0)
-            b.semilogy(v[nz], np.abs(i[0, cy, nz]), ".-", ms=3, lw=1, color=colors[k], label=label)
+            b.semilogy(v[nz], np.abs(i[0, cy, nz]), ".-", ms=3, lw=1, color=colors[k])
+    if hit[0].any():
+        comp = res.summary["compliance_A"] * NA
+        hv = np.broadcast_to(v, i.shape[1:])[hit[0]]
+        ring = {"ls": "none", "marker": "o", "ms": 5, "mfc": "none", "mec": "k", "mew": 0.6}
+        a.plot(hv, (g if pulsed else i)[0][hit[0]], label=f"|I| ≥ compliance {comp:g} nA", **ring)
+        b.semilogy(hv, np.abs(i[0][hit[0]]), **ring)
+        b.axhline(comp, color="k", ls="--", lw=0.8)
+        if not pulsed:
+            for y in (-comp, comp):
+                a.axhline(y, color="k", ls="--", lw=0.8)
     vs, vr = res.summary.get("v_set_detected_V", [None])[0], res.summary.get("v_reset_detected_V", [None])[0]
     for ax in (a, b):
         for vv, lab in ((vs, "set"), (vr, "reset")):
             if vv is not None:
                 ax.axvline(vv, color="gray", ls=":", lw=1)
                 ax.text(vv, 0.02, f" {lab} {vv:+.2f} V", transform=ax.get_xaxis_transform(), fontsize=8)
-        ax.set_xlabel("voltage V (V)")
+        ax.set_xlabel("pulse voltage V (V)" if pulsed else "voltage V (V)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    a.set_ylabel("current I (nA)")
-    b.set_ylabel("|I| (A), log scale")
+    _plain_log_y(b)
     t, r, c = res.cells[0].tolist()
-    a.set_title(f"I–V, cell ({t}, {r}, {c})")
-    b.set_title("log |I|")
+    if pulsed:
+        v_read = res.summary.get("v_read_V")
+        a.set_ylabel(f"remanent G (nS), read at {v_read:g} V")
+        b.set_ylabel(f"|I| of the read at {v_read:g} V (nA), log scale")
+        a.set_title(f"pulsed I–V, cell ({t}, {r}, {c}): G after each pulse")
+        b.set_title("read current, log scale")
+    else:
+        a.set_ylabel("current I (nA)")
+        b.set_ylabel("|I| (nA), log scale")
+        a.set_title(f"I–V, cell ({t}, {r}, {c})")
+        b.set_title("|I|, log scale")
+    fig.legend(*a.get_legend_handles_labels(), loc="outside lower center", ncol=5, fontsize=8, frameon=False)
     fig.suptitle(_title(res))
     return [_save(fig, out / "iv.png")]
 
@@ -127,7 +156,7 @@ def plot_retention(res: ProtocolResult, out: Path) -> list[Path]:
         ax.set_xlabel("time after programming t (s)" + (" [simulated]" if res.summary.get("clock") ==
                                                           "SimulatedClock" else ""))
         ax.grid(alpha=0.3)
-    a.legend(fontsize=7, ncol=2)
+    _legend_below(a, ncol=4)
     fig.suptitle(_title(res))
     return [_save(fig, out / "retention.png")]
 
@@ -144,7 +173,7 @@ def plot_read_disturb(res: ProtocolResult, out: Path) -> list[Path]:
     for ax in (a, b):
         ax.set_xlabel(f"read # (at {res.summary.get('v_read_V', '?')} V)")
         ax.grid(alpha=0.3)
-    a.legend(fontsize=7, ncol=2)
+    _legend_below(a, ncol=4)
     fig.suptitle(_title(res))
     return [_save(fig, out / "read_disturb.png")]
 
@@ -174,7 +203,7 @@ def plot_endurance(res: ProtocolResult, out: Path) -> list[Path]:
         _plain_log_y(ax)
         ax.set_xlabel("cycle #")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        _legend_below(ax, ncol=2)
     n_f = len(fails)
     fig.suptitle(f"{_title(res)} — {res.summary.get('cycles_run')} cycles, {n_f} failed")
     return [_save(fig, out / "endurance.png")]
@@ -217,12 +246,22 @@ def plot_write_verify(res: ProtocolResult, out: Path) -> list[Path]:
     a.set_xlabel("target G (nS)")
     a.set_ylabel("programmed G (nS)")
     a.legend(fontsize=8)
-    tol = res.summary.get("tolerance_S", 0) * NS
-    b.hist(tb["error_S"] * NS, bins=30, color="#1f77b4")
-    for x in (-tol, tol):
-        b.axvline(x, color="k", ls="--", lw=0.8, label="± tolerance" if x < 0 else None)
-    b.legend(fontsize=8)
-    b.set_xlabel("error G − target (nS)")
+    err, tol = tb["error_S"] * NS, _tolerance_nS(res)
+    relative = bool(np.ptp(tol) > 0)  # tolerance_rel: a tolerance per cell, so histogram error / tolerance
+    x = err / tol if relative else err
+    span = 3.0 if relative else 3 * float(tol[0])
+    b.hist(x[ok], bins=np.linspace(-span, span, 25), color="#2ca02c", label="succeeded")
+    lim_tol = 1.0 if relative else float(tol[0])
+    for xv in (-lim_tol, lim_tol):
+        b.axvline(xv, color="k", ls="--", lw=0.8, label="± tolerance" if xv < 0 else None)
+    b.set_xlim(-span, span)
+    b.legend(fontsize=8, loc="upper right")
+    n_fail = int(np.count_nonzero(~ok))
+    fail = "no failed cells"
+    if n_fail:
+        fail = f"{n_fail} failed, not shown: errors {err[~ok].min():+.1f} … {err[~ok].max():+.1f} nS"
+    b.set_title(f"error of the {int(np.count_nonzero(ok))} successful cells\n{fail}", fontsize=10)
+    b.set_xlabel("error (G − target) / tolerance" if relative else "error G − target (nS)")
     b.set_ylabel("cells")
     c.hist(tb["pulses"], bins=30, color="#ff7f0e")
     c.set_xlabel("pulses used per cell (pulses)")
@@ -234,6 +273,12 @@ def plot_write_verify(res: ProtocolResult, out: Path) -> list[Path]:
     fig.suptitle(f"{_title(res)} — success {100 * res.summary['success_rate']:.1f} %, "
                  f"mean {res.summary['pulses_mean']:.1f} pulses")
     return [_save(fig, out / "write_verify.png")]
+
+
+def _tolerance_nS(res: ProtocolResult) -> np.ndarray:
+    """Per-cell tolerance max(tolerance_S, tolerance_rel·target) in nS."""
+    p = res.params
+    return np.maximum(float(p.get("tolerance_S", 0.0)), float(p.get("tolerance_rel", 0.0)) * res.table["target_S"]) * NS
 
 
 PLOTTERS: dict[str, Callable[[ProtocolResult, Path], list[Path]]] = {

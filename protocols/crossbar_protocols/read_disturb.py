@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import Field
 
+from crossbar_ctl.config import RunConfig
 from crossbar_protocols.base import CELL_UNITS, Plan, Protocol, ProtocolParams, ProtocolResult, cell_columns
 from crossbar_protocols.retention import _slopes
 
@@ -49,7 +50,7 @@ class ReadDisturb(Protocol):
             yield "max_pulse_width_s", p.width_s, "width_s"
             yield "max_pulses_per_device", p.program_pulses, "program_pulses"
 
-    def check_backend(self, backend: Any) -> None:
+    def check_config(self, config: RunConfig) -> None:
         if self.params.v_read_V == 0:
             raise ValueError("v_read_V must be nonzero (G = I/V)")
         if self.params.program_pulses and self.params.v_program_V == 0:

@@ -15,9 +15,10 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import Field
 
+from crossbar_ctl.config import RunConfig
 from crossbar_protocols.base import (CELL_UNITS, AccessParams, Plan, Protocol, ProtocolResult, cell_columns,
                                      devices_per_op)
-from crossbar_protocols.cells import CellAccess, pulse_ops, read_ops
+from crossbar_protocols.cells import CellAccess, check_read_mode, pulse_ops, read_ops
 from crossbar_protocols.clock import default_clock
 
 
@@ -68,15 +69,17 @@ class Retention(Protocol):
             plan.add_ops(pulse_ops(cells, p.mode))
         plan.reads = n_t * len(cells)
         plan.pulses = p.program_pulses * len(cells)
-        plan.pulse_time_s = p.program_pulses * p.width_s * (len(cells) if p.mode == "cell" else 1)
+        # one train per cell (cell mode) or one program per tile (parallel mode)
+        trains = len(cells) if p.mode == "cell" else len(np.unique(cells[:, 0]))
+        plan.pulse_time_s = p.program_pulses * p.width_s * trains
         plan.wait_s = float(self.times()[-1])
         return plan
 
-    def check_backend(self, backend: Any) -> None:
+    def check_config(self, config: RunConfig) -> None:
         p = self.params
         if p.program_pulses and p.v_program_V == 0:
             raise ValueError("v_program_V must be nonzero when program_pulses > 0")
-        CellAccess(backend, np.zeros((1, 3), dtype=np.int64), p.mode, p.v_read_V)
+        check_read_mode(config.read.v_read_V, p.mode, p.v_read_V)
 
     def run(self, backend: Any, cells: Any, rng: np.random.Generator | None = None, *,
             clock: Any = None) -> ProtocolResult:

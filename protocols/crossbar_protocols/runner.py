@@ -1,7 +1,9 @@
 """Running a protocol end to end: open the rig, check, measure, write DIR (HDF5, CSV, plots, op log).
 
 :func:`run_protocol` is what ``crossbar-ctl protocol run`` calls; :func:`dry_run` checks a protocol against a
-rig config and estimates it without opening the backend. Random draws of a protocol (e.g. write-verify targets)
+rig config and estimates it without opening the backend. Both apply the same checks (:meth:`Protocol.check`:
+limits, energy, half-select, read mode), and :func:`run_protocol` applies them before it opens the backend or
+creates any file, so a refused run leaves nothing behind. Random draws of a protocol (e.g. write-verify targets)
 come from ``SeedSequence(seed, spawn_key=(7,))``, independent of the simulator's own stream.
 """
 from __future__ import annotations
@@ -39,19 +41,19 @@ def resolve_cells(protocol: Protocol, cells: str | np.ndarray | list | None,
 
 def dry_run(protocol: Protocol, config: RunConfig, cells: str | np.ndarray | None = None,
             op_time_s: dict[str, float] | None = None) -> dict[str, Any]:
-    """Check limits and cells and estimate operations and duration, without opening the backend."""
+    """Check cells and everything a real run checks (:meth:`Protocol.check`) and estimate operations and
+    duration, without opening the backend. ``limits`` is "ok" or the refusal's message (``ok`` False)."""
     arr = resolve_cells(protocol, cells, config.array.shapes())
     out: dict[str, Any] = {"protocol": protocol.name, "cells": len(arr), "backend": config.backend.kind,
                            "params": protocol.params_dict()}
     try:
-        protocol.check_limits(config.limits)
-        protocol.check_energy(config.limits, config.device, arr)
+        protocol.check(config, arr)
         out["limits"] = "ok"
         out["ok"] = True
-    except CrossbarError as err:
+    except (CrossbarError, ValueError) as err:
         out["limits"] = str(err)
         out["ok"] = False
-    out["estimate"] = protocol.estimate(arr, op_time_s)
+    out["estimate"] = protocol.estimate(arr, op_time_s, config.device)
     return out
 
 
@@ -94,15 +96,17 @@ def run_protocol(protocol: Protocol, config: RunConfig, cells: str | np.ndarray 
                  out_dir: str | Path | None = None, *, backend: Backend | None = None, progress: bool = False,
                  plots: bool = True, clock: Any = None) -> ProtocolResult:
     """Run ``protocol`` on the rig of ``config`` (or on an open ``backend``, left open) and, with ``out_dir``,
-    write the result directory (result.h5, data.csv, summary.json, PNG plots, oplog.h5)."""
+    write the result directory (result.h5, data.csv, summary.json, PNG plots, oplog.h5). Every check runs
+    before the backend is opened and before any file is created."""
     out = Path(out_dir) if out_dir is not None else None
+    rig = config if backend is None else backend.config
+    shapes = rig.array.shapes() if backend is None else list(backend.tile_shapes)
+    arr = resolve_cells(protocol, cells, shapes)
+    protocol.check(rig, arr)  # before opening the backend, creating files or logs
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = stack.enter_context(connect(config))
-        arr = resolve_cells(protocol, cells, list(backend.tile_shapes))
-        protocol.check_limits(backend.limits)  # before creating files or logs
-        protocol.check_energy(backend.limits, backend.config.device, arr)
-        total = sum(protocol.estimate(arr)["ops"].values())
+        total = sum(protocol.estimate(arr, device=rig.device)["ops"].values())
         stack.enter_context(_op_log(backend, out, config.logging.op_log, protocol))
         stack.enter_context(_progress(backend, total, progress, protocol.name))
         result = protocol.run(backend, arr, protocol_rng(config.seed), clock=clock)

@@ -20,9 +20,10 @@ from typing import Any, Iterable
 import numpy as np
 from pydantic import Field, model_validator
 
+from crossbar_ctl.config import RunConfig
 from crossbar_protocols.base import (CELL_UNITS, AccessParams, Plan, Protocol, ProtocolResult, PulseParams,
                                      cell_columns, devices_per_op)
-from crossbar_protocols.cells import CellAccess, pulse_ops, read_ops
+from crossbar_protocols.cells import CellAccess, check_read_mode, pulse_ops, read_ops
 
 
 class WriteVerifyParams(PulseParams, AccessParams):
@@ -65,8 +66,8 @@ class WriteVerify(Protocol):
         yield from self.pulse_limit_items(p.v_set_V, p.v_reset_V, p.v_read_V, p.width_s)
         yield "max_pulses_per_device", min(p.max_pulses_per_step, p.max_pulses), "max_pulses_per_step"
 
-    def check_backend(self, backend: Any) -> None:
-        CellAccess(backend, np.zeros((1, 3), dtype=np.int64), self.params.mode, self.params.v_read_V)
+    def check_config(self, config: RunConfig) -> None:
+        check_read_mode(config.read.v_read_V, self.params.mode, self.params.v_read_V)
 
     def plan(self, cells: np.ndarray) -> Plan:
         """Upper bound: every cell spends its whole budget one pulse per step."""
