@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_log_show(args: argparse.Namespace) -> int:
-    from crossbar_ctl.oplog import FILENAME, format_summary, summarize
+    from crossbar_ctl.oplog import FILENAME
+    from crossbar_ctl.oplog_summary import format_summary, summarize
 
     path = args.path / FILENAME if args.path.is_dir() else args.path
     if not path.is_file():

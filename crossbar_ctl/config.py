@@ -127,7 +127,8 @@ class LoggingSection(_Section):
     progress: bool = Field(True, description="show progress bars")
     op_log: bool = Field(True, description="append every array operation to the run's op log")
     op_log_flush: Literal["batch", "op"] = Field(
-        "batch", description="op log flush: at batch ends (at most every 50 ms; cheap) or after every operation"
+        "batch", description="op log file flush: at batch ends (at most every 50 ms; cheap: until then each operation "
+        "is in the journal beside it, which a killed process cannot lose) or after every operation"
     )
 
 

@@ -14,9 +14,12 @@ parameter bytes first and the rows after them, so a row is valid once its ``seq`
 rows are the leading rows with ``seq > 0`` (no separate counter to keep in step). Rows are buffered and written
 by :meth:`OpLog.flush` (every ``flush_every`` operations, 1 by default; the trainer, with
 ``[logging].op_log_flush = "batch"``, flushes at batch ends instead; always on close), which ends with
-``H5Fflush``: a process that dies loses at most the rows not yet flushed (with ``flush_every = 1``, the
-operation in flight), and a flush interrupted by a signal is redone by the next one. An exception or a signal
-loses nothing: the trainer closes the log in a ``finally``. Writes go through h5py's
+``H5Fflush``; a flush interrupted by a signal is redone by the next one. Rows not yet flushed are also written
+to the journal (:mod:`crossbar_ctl.oplog_journal`, one ``os.write`` per operation), which the next open of the log
+(or :func:`read_log`) recovers: a process that dies loses at most the operation in flight, and of the operations
+after the last flush only the sha256 of large arrays still being computed (recorded as ``null``). An exception
+or a signal loses nothing: the trainer closes the log in a ``finally``. What ``log show`` prints is made by
+:mod:`crossbar_ctl.oplog_summary`. Writes go through h5py's
 low-level API with prepared memory types and no variable-length data (a few tens of µs per row and flush,
 against ~0.5 ms through the high-level API with a vlen string column).
 """
@@ -36,6 +39,7 @@ import numpy as np
 from h5py import h5f, h5s, h5t
 
 from crossbar_ctl.backend import OpRecord
+from crossbar_ctl.oplog_journal import Journal, encode_entry, journal_path, pending_entries
 
 FORMAT = "crossbar_ctl.oplog"
 VERSION = 1
@@ -125,6 +129,10 @@ class OpLog:
         self._pool: ThreadPoolExecutor | None = None
         self.busy_s = 0.0  # time spent recording and flushing (s): what the log costs the caller
         self.created = mode == "w" or not self.path.exists()
+        self._journal: Journal | None = None  # opened by the first operation recorded with flush_every > 1
+        self.recovered = 0  # rows taken from the journal a dead process left
+        if self.created:
+            journal_path(self.path).unlink(missing_ok=True)  # a journal beside a new log is stale
         self._f = h5py.File(self.path, "w" if self.created else "a")
         f = self._f
         if self.created:
@@ -150,6 +158,28 @@ class OpLog:
         self._p_end = int(last["p_off"]) + int(last["p_len"]) if last is not None else 0
         self.session = int(f["sessions"].shape[0])  # rows are tagged with this until begin_session()
         self.last_seq = int(last["seq"]) if last is not None else 0
+        if not self.created:
+            self._recover()
+
+    def _recover(self) -> None:
+        """Write the rows a process that died had only in its journal (see :mod:`crossbar_ctl.oplog_journal`)."""
+        path = journal_path(self.path)
+        for e in pending_entries(path, self._count):
+            kind = self._kind_index(e["kind"])
+            self._buf.append((e["seq"], e["time_s"], e["tile"], kind, _STATUS_IX[e["status"]], e["session"],
+                              e["params"].encode()))
+            self.last_seq = e["seq"]
+            self.recovered += 1
+        self.flush()
+        path.unlink(missing_ok=True)
+
+    def _kind_index(self, kind: str) -> int:
+        ix = self._kind_ix.get(kind)
+        if ix is None:  # a kind this log has not seen (a third-party backend): extend the name list
+            ix = self._kind_ix[kind] = len(self._kinds)
+            self._kinds.append(kind)
+            self._f.attrs["kinds"] = json.dumps(self._kinds)
+        return ix
 
     # ------------------------------------------------------------------ writing
     def record(self, rec: OpRecord) -> None:
@@ -159,11 +189,10 @@ class OpLog:
         large arrays are hashed at once in a worker thread (hashlib releases the GIL)."""
         t0 = time.perf_counter()
         kind = self._kind_ix.get(rec.kind)
-        if kind is None:  # a kind this log has not seen (a third-party backend): extend the name list
-            kind = self._kind_ix[rec.kind] = len(self._kinds)
-            self._kinds.append(rec.kind)
-            self._f.attrs["kinds"] = json.dumps(self._kinds)
-        status = _STATUS_IX[getattr(rec, "status", "ok")]
+        if kind is None:
+            kind = self._kind_index(rec.kind)
+        status_name = getattr(rec, "status", "ok")
+        status = _STATUS_IX[status_name]
         params = {}
         for k, v in rec.params.items():
             if type(v) is np.ndarray:
@@ -176,7 +205,17 @@ class OpLog:
                 else:
                     v = v.copy()
             params[k] = v
-        self._buf.append((rec.seq, time.time(), rec.tile, kind, status, self.session, params))
+        now = time.time()
+        row: Any = params
+        if self.flush_every > 1:  # buffered: journal it at once (see crossbar_ctl.oplog_journal)
+            text, pending = self._encode_now(params)
+            if self._journal is None:
+                self._journal = Journal(journal_path(self.path))
+            self._journal.append(encode_entry(self._count + len(self._buf), rec.seq, now, rec.tile, rec.kind,
+                                              status_name, self.session, text))
+            if not pending:
+                row = text.encode()  # final already: the flush writes it as it is
+        self._buf.append((rec.seq, now, rec.tile, kind, status, self.session, row))
         self.last_seq = rec.seq
         self.busy_s += time.perf_counter() - t0
         if len(self._buf) >= self.flush_every:
@@ -187,7 +226,14 @@ class OpLog:
     @staticmethod
     def _encode(params: dict[str, Any]) -> bytes:
         """The JSON bytes of ``params``, built by hand (a third of the time of json.dumps on nested dicts)."""
+        return OpLog._encode_now(params, wait=True)[0].encode()
+
+    @staticmethod
+    def _encode_now(params: dict[str, Any], wait: bool = False) -> tuple[str, bool]:
+        """The JSON text of ``params`` and whether a digest was still being computed (then ``null`` in the text,
+        unless ``wait``)."""
         parts: list[str] = []
+        pending = False
         for k, v in params.items():
             t = type(v)
             if t is float and math.isfinite(v):
@@ -197,8 +243,11 @@ class OpLog:
             elif t is str:
                 s = _jstr(v)
             elif t is _Digest:
-                s = (f'{{"shape":{list(v.shape)},"dtype":"{v.dtype}","hashed_as":"{v.hashed_as}",'
-                     f'"sha256":"{v.sha256.result()}"}}')
+                if wait or v.sha256.done():
+                    sha = f'"{v.sha256.result()}"'
+                else:
+                    sha, pending = "null", True
+                s = f'{{"shape":{list(v.shape)},"dtype":"{v.dtype}","hashed_as":"{v.hashed_as}","sha256":{sha}}}'
             elif t is np.ndarray and v.size > INLINE_MAX:
                 form = hash_form(v)
                 s = (f'{{"shape":{list(v.shape)},"dtype":"{v.dtype.str}","hashed_as":"{form.dtype.str}",'
@@ -206,7 +255,7 @@ class OpLog:
             else:
                 s = _dumps(encode_param(v))
             parts.append(f"{_jstr(k)}:{s}")
-        return ("{" + ",".join(parts) + "}").encode()
+        return "{" + ",".join(parts) + "}", pending
 
     def _resolve(self) -> None:
         """Turn the buffered parameter dicts into JSON bytes (waiting for digests still being computed)."""
@@ -241,6 +290,8 @@ class OpLog:
         h5f.flush(self._f.id)
         self._count, self._p_end = n0 + k, off
         self._buf.clear()
+        if self._journal is not None:
+            self._journal.clear()  # everything it held is in the file now
         self._flushed_at = time.monotonic()
         self.busy_s += time.perf_counter() - t0
 
@@ -291,6 +342,9 @@ class OpLog:
         try:
             self.flush()
             self._f.attrs["count"] = self._count  # informative only: readers count rows with seq > 0
+            if self._journal is not None:
+                self._journal.close(remove=True)
+                self._journal = None
         finally:
             self._f.close()
             if self._pool is not None:
@@ -319,83 +373,19 @@ def read_log(path: str | Path) -> dict[str, Any]:
         blob = f["params"][:end].tobytes()
         params = [blob[o:o + n_].decode() for o, n_ in zip(ops["p_off"].tolist(), ops["p_len"].tolist())]
         sessions = [json.loads(s.decode() if isinstance(s, bytes) else s) for s in f["sessions"][:]]
-    return {"ops": ops, "kind": [kinds[k] for k in ops["kind"]], "status": [statuses[s] for s in ops["status"]],
-            "params": params, "sessions": sessions}
-
-
-def check_sequence(seqs: np.ndarray) -> dict[str, Any]:
-    """Gaps and duplicates of a sequence-number column (expected: consecutive, starting at its first value)."""
-    seqs = np.asarray(seqs, dtype=np.int64)
-    if seqs.size == 0:
-        return {"first": None, "last": None, "duplicates": [], "missing": [], "out_of_order": 0, "ok": True}
-    uniq, counts = np.unique(seqs, return_counts=True)
-    dups = uniq[counts > 1].tolist()
-    full = np.arange(int(uniq[0]), int(uniq[-1]) + 1)
-    missing = np.setdiff1d(full, uniq, assume_unique=True).tolist()
-    disorder = int(np.count_nonzero(np.diff(seqs) <= 0))
-    return {"first": int(seqs[0]), "last": int(seqs[-1]), "duplicates": dups, "missing": missing,
-            "out_of_order": disorder, "ok": not dups and not missing and disorder == 0}
-
-
-def summarize(path: str | Path) -> dict[str, Any]:
-    """What ``crossbar-ctl log show`` prints: ops per kind, seq range, gaps/duplicates, time span, first and
-    last entries, sessions."""
-    log = read_log(path)
-    ops = log["ops"]
-    per_kind: dict[str, int] = {}
-    for k in log["kind"]:
-        per_kind[k] = per_kind.get(k, 0) + 1
-    per_status: dict[str, int] = {}
-    for s in log["status"]:
-        per_status[s] = per_status.get(s, 0) + 1
-
-    def entry(i: int) -> dict[str, Any]:
-        return {"seq": int(ops["seq"][i]), "time_s": float(ops["time_s"][i]), "tile": int(ops["tile"][i]),
-                "kind": log["kind"][i], "status": log["status"][i], "session": int(ops["session"][i]),
-                "params": json.loads(log["params"][i])}
-
-    n = len(ops)
-    span = float(ops["time_s"][-1] - ops["time_s"][0]) if n else 0.0
-    return {"path": str(path), "operations": n, "per_kind": per_kind, "per_status": per_status,
-            "sequence": check_sequence(ops["seq"]), "time_span_s": span,
-            "first_time_s": float(ops["time_s"][0]) if n else None, "sessions": log["sessions"],
-            "first": [entry(i) for i in range(min(3, n))], "last": [entry(i) for i in range(max(0, n - 3), n)]}
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    """Human-readable form of :func:`summarize`."""
-    seq = s["sequence"]
-    lines = [f"op log {s['path']}: {s['operations']} operations in {len(s['sessions'])} session(s)"]
-    if s["operations"]:
-        lines.append(f"  sequence numbers {seq['first']}..{seq['last']}: "
-                     + ("consecutive, no gaps or duplicates" if seq["ok"] else
-                        f"{len(seq['missing'])} missing {_few(seq['missing'])}, {len(seq['duplicates'])} "
-                        f"duplicated {_few(seq['duplicates'])}, {seq['out_of_order']} out of order"))
-        t0 = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["first_time_s"]))
-        lines.append(f"  time span {s['time_span_s']:.3f} s from {t0}")
-    lines.append("  per kind: " + ", ".join(f"{k} {v}" for k, v in sorted(s["per_kind"].items())))
-    lines.append("  per status: " + ", ".join(f"{k} {v}" for k, v in sorted(s["per_status"].items())))
-    for sess in s["sessions"]:
-        extra = {k: v for k, v in sess.items() if k not in ("session", "time_s", "mode", "first_row")}
-        lines.append(f"  session {sess['session']} ({sess['mode']}) from row {sess['first_row']}"
-                     + (f": {json.dumps(extra)}" if extra else ""))
-    for title in ("first", "last"):
-        for e in s[title]:
-            lines.append(f"  {title:5s} seq {e['seq']:>8d} {e['kind']:<16s} tile {e['tile']} {e['status']:<5s} "
-                         f"{_short(e['params'])}")
-    return "\n".join(lines)
-
-
-def _few(items: list[int]) -> str:
-    return "" if not items else "(" + ", ".join(map(str, items[:5])) + (", ..." if len(items) > 5 else "") + ")"
-
-
-def _short(params: dict[str, Any]) -> str:
-    out = []
-    for k, v in params.items():
-        if isinstance(v, dict) and "sha256" in v:
-            v = f"[{np.dtype(v['dtype']).name} {'x'.join(map(str, v['shape']))} sha256:{v['sha256'][:12]}]"
-        elif isinstance(v, dict) and "values" in v:
-            v = v["values"]
-        out.append(f"{k}={v}")
-    return " ".join(out)
+    kind = [kinds[k] for k in ops["kind"]]
+    status = [statuses[s] for s in ops["status"]]
+    journal = pending_entries(journal_path(path), n)  # what a process that died had not flushed yet
+    if journal:
+        extra = np.zeros(len(journal), dtype=ROW)
+        for i, e in enumerate(journal):
+            if e["kind"] not in kinds:
+                kinds.append(e["kind"])
+            extra[i] = (e["seq"], e["time_s"], e["tile"], kinds.index(e["kind"]), statuses.index(e["status"]),
+                        e["session"], 0, 0)
+            kind.append(e["kind"])
+            status.append(e["status"])
+            params.append(e["params"])
+        ops = np.concatenate([ops, extra])
+    return {"ops": ops, "kind": kind, "status": status, "params": params, "sessions": sessions,
+            "from_journal": len(journal)}

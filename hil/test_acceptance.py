@@ -19,7 +19,7 @@ import pytest
 from crossbar_ctl.backend import Backend
 from crossbar_ctl.config import RunConfig
 from crossbar_ctl.errors import LimitError
-from crossbar_ctl.oplog import summarize
+from crossbar_ctl.oplog_summary import summarize
 from crossbar_ctl.training.trainer import Trainer
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from crossbar_ctl.backend import connect
 from crossbar_ctl.config import RunConfig, load_config
-from crossbar_ctl.oplog import check_sequence, read_log
+from crossbar_ctl.oplog import read_log
+from crossbar_ctl.oplog_summary import check_sequence
 
 #: A training run small enough for a test (a second or so over a transport), with noise on so that any
 #: extra or missing random draw shows.

@@ -14,7 +14,8 @@ import pytest
 from crossbar_ctl.backend import OpRecord, connect
 from crossbar_ctl.cli import main
 from crossbar_ctl.config import config_from_dict
-from crossbar_ctl.oplog import INLINE_MAX, OpLog, check_sequence, digest, read_log, summarize
+from crossbar_ctl.oplog import INLINE_MAX, OpLog, digest, read_log
+from crossbar_ctl.oplog_summary import check_sequence, format_summary, summarize
 from crossbar_ctl.training.trainer import Trainer
 from tests.hil_common import assert_log_consecutive, history, tiny
 
@@ -104,29 +105,70 @@ def test_an_interrupted_flush_is_redone_without_duplicates(tmp_path: Path, monke
 
 CRASH = """
 import os, signal, sys
+import numpy as np
 from crossbar_ctl.backend import OpRecord
 from crossbar_ctl.oplog import OpLog
 log = OpLog(sys.argv[1], flush_every=1)
 for s in range(1, 31):
     log.record(OpRecord(s, "outer_pulse", 0, {"slots": 4}))
-log.flush_every = 10**6  # buffered from here on, never flushed
+log.flush_every = 10**6  # buffered from here on, never flushed: only the journal has them
 for s in range(31, 36):
-    log.record(OpRecord(s, "outer_pulse", 0, {"slots": 4}))
+    log.record(OpRecord(s, "outer_pulse", 0, {"slots": s, "v_pulse_V": 2.0}))
+log.record(OpRecord(36, "program", 0, {"pulses": np.ones((300, 200), np.int32)}))  # hashed in a thread
+with open(str(log._journal.path), "ab") as f:
+    f.write(b"\\x40\\x00\\x00\\x00[37,")  # the operation in flight: an entry cut short
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_killed_process_loses_only_unflushed_operations(tmp_path: Path) -> None:
+def test_a_killed_process_loses_at_most_the_operation_in_flight(tmp_path: Path) -> None:
     path = tmp_path / "oplog.h5"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.run([sys.executable, "-c", CRASH, str(path)], env=env, capture_output=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    r = read_log(path)  # a file never closed: still readable, every flushed row there
-    assert r["ops"]["seq"].tolist() == list(range(1, 31))
-    with OpLog(path, "a") as log:  # and it can be appended to
-        assert log.last_seq == 30
-        log.record(OpRecord(31, "read_vmm", 0, {"batch": 1}))
-    assert check_sequence(read_log(path)["ops"]["seq"])["ok"]
+    journal = Path(str(path) + ".journal")
+    assert journal.exists()
+    r = read_log(path)  # a file never closed: still readable; the rows after the last flush come from the journal
+    assert r["ops"]["seq"].tolist() == list(range(1, 37)) and r["from_journal"] == 6
+    assert [json.loads(p) for p in r["params"][30:35]] == [{"slots": s, "v_pulse_V": 2.0} for s in range(31, 36)]
+    prog = json.loads(r["params"][35])["pulses"]
+    assert prog["shape"] == [300, 200] and prog["dtype"] == "<i4"  # its digest may have been lost with the process
+    assert prog["sha256"] in (None, digest(np.ones((300, 200), np.int32)))
+    assert "6 of them only in the journal" in format_summary(summarize(path))
+    with OpLog(path, "a") as log:  # appending first writes the journal's rows to the file
+        assert log.recovered == 6 and log.last_seq == 36
+        log.record(OpRecord(37, "read_vmm", 0, {"batch": 1}))
+    assert not journal.exists()
+    r = read_log(path)
+    assert r["from_journal"] == 0 and check_sequence(r["ops"]["seq"])["ok"] and r["ops"]["seq"][-1] == 37
+    assert [json.loads(p) for p in r["params"][30:35]] == [{"slots": s, "v_pulse_V": 2.0} for s in range(31, 36)]
+
+
+def test_buffered_rows_are_journaled_and_the_journal_emptied_by_each_flush(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "oplog.h5"
+    journal = Path(str(path) + ".journal")
+    log = OpLog(path, flush_every=100)
+    for s in range(1, 4):
+        log.record(OpRecord(s, "read_vmm", 0, {"batch": s}))
+    assert journal.stat().st_size > 0 and read_log(path)["from_journal"] == 3
+    log.flush()
+    assert journal.stat().st_size == 0 and read_log(path)["ops"]["seq"].tolist() == [1, 2, 3]
+    # a process that dies between the file's flush and emptying the journal: its rows are not written twice
+    log.record(OpRecord(4, "read_vmm", 0, {"batch": 4}))
+    monkeypatch.setattr(log._journal, "clear", lambda: None)
+    log.flush()
+    assert journal.stat().st_size > 0
+    assert read_log(path)["ops"]["seq"].tolist() == [1, 2, 3, 4]  # the journal's row 3 is already in the file
+    log._f.close()
+    with OpLog(path, "a") as again:
+        assert again.recovered == 0 and again.count == 4
+    assert read_log(path)["ops"]["seq"].tolist() == [1, 2, 3, 4] and not journal.exists()
+    stale = OpLog(path, "a", flush_every=100)
+    stale.record(OpRecord(5, "read_vmm", 0, {"batch": 5}))
+    stale._f.close()  # dies with row 4 in its journal
+    assert read_log(path)["from_journal"] == 1
+    OpLog(path, "w").close()  # a new log drops the journal left beside the old one
+    assert read_log(path)["ops"].size == 0 and not journal.exists()
 
 
 def test_summary_and_cli_report_gaps_and_duplicates(tmp_path: Path, capsys) -> None:
