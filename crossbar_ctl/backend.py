@@ -68,6 +68,10 @@ class Backend(abc.ABC):
         self.seq = 0
         self._listeners: list[Callable[[OpRecord], None]] = []
         self._closed = False
+        #: The last sequence number the instrument had applied when this backend opened it (before the session
+        #: reset it), if it keeps one: a resumed run compares it with its op log (operations a killed process
+        #: applied but never logged). None for backends without a persistent counter (the simulator).
+        self.instrument_seq_at_open: int | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod

@@ -24,6 +24,7 @@ def cfg(**limits: float):
 
 OPENING = [
     (b"SYST:SYNC? 1\n", b"1\n"),
+    (b"SEQ:LAST?\n", b"17\n"),  # what the last session left: a resumed run compares it with its op log
     (b"*RST\n*CLS\n*IDN?\n", b"ACME,XT-1,42,1.0\n"),
     (b"ARR:TILE:COUN?\n", b"1\n"),
     (b"ARR:TILE0:SIZE?\n", b"2,3\n"),
@@ -50,7 +51,7 @@ def test_opening_handshake_reads_identity_and_geometry() -> None:
     with expected_protocol(VisaBackend, cfg(), OPENING + [SAFE]) as b:
         assert b.tile_shapes == ((2, 3),)
         assert b.capabilities.outer_modes == ("stochastic", "expected") and b.capabilities.slow
-        assert b.describe()["idn"] == "ACME,XT-1,42,1.0"
+        assert b.describe()["idn"] == "ACME,XT-1,42,1.0" and b.instrument_seq_at_open == 17
         b.close()
         b.close()  # idempotent: nothing more is sent
 
@@ -253,7 +254,7 @@ def test_resumed_sequence_numbers_are_synchronised() -> None:
 
 
 def test_geometry_that_disagrees_with_the_config_is_refused() -> None:
-    script = OPENING[:3] + [(b"ARR:TILE0:SIZE?\n", b"4,4\n"), (b"ARR:OMOD?\n", b"stochastic\n")]
+    script = OPENING[:4] + [(b"ARR:TILE0:SIZE?\n", b"4,4\n"), (b"ARR:OMOD?\n", b"stochastic\n")]
     with pytest.raises(BackendError, match=r"tiles \[\(4, 4\)\]"):
         with expected_protocol(VisaBackend, cfg(), script):
             pass

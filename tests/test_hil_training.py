@@ -146,6 +146,46 @@ def test_signal_mid_run_leaves_the_tester_safe_and_the_run_resumes(sig: int, tmp
         assert t.is_safe
 
 
+def test_a_killed_client_loses_at_most_the_operation_in_flight_and_the_run_resumes(tmp_path: Path) -> None:
+    """``crossbar-ctl train`` SIGKILLed in epoch 2 (no clean-up runs): the tester goes safe when the link drops,
+    the op log (its file and its journal) holds every applied operation but at most the one in flight, and
+    ``--resume`` writes the journal into the file and completes the run."""
+    cfg = tiny("training.epochs=3", "training.limit_train=512")
+    with TcpEmulator(sim_config(cfg)).start() as emu:
+        run = tmp_path / "run"
+        proc = _train_cli(run, with_address(cfg, "visa", emu.address))
+        try:
+            _wait(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, what="epoch 1")
+            at_ckpt = len(emu.tester.log)
+            _wait(lambda: len(emu.tester.log) > at_ckpt + 30 or proc.poll() is not None, what="epoch 2")
+            proc.kill()
+            proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+        _wait(lambda: emu.tester.safe_events[-1:] == ["disconnect"], what="disconnect")
+        t = emu.tester
+        assert t.is_safe and t.safe_events[-1] == "disconnect"  # the tester itself, not the dead client
+        logged = read_log(run / "oplog.h5")
+        assert logged["from_journal"] > 0  # rows the file had not flushed yet
+        seqs = logged["ops"]["seq"].tolist()
+        applied = list(t.applied_seqs)
+        assert seqs in (applied, applied[:-1]), (seqs[-3:], applied[-3:])  # at most the one in flight is lost
+        proc = _train_cli(run)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert results(run)["complete"] and len(results(run)["epochs"]) == 3
+        final = read_log(run / "oplog.h5")
+        assert final["from_journal"] == 0 and not (run / "oplog.h5.journal").exists()
+        assert t.applied_seqs == sorted(set(t.applied_seqs))  # no number was used twice on the tester
+        lost = [s for s in applied if s not in seqs]  # applied by the killed process, never logged
+        assert final["ops"]["seq"].tolist() == [s for s in t.applied_seqs if s not in lost]
+        resume = final["sessions"][1]
+        assert resume["mode"] == "resume" and resume.get("applied_not_logged", []) == lost
+        assert t.is_safe
+
+
 class TcpAsk:
     """One query on a fresh connection to an in-thread emulator."""
 

@@ -133,7 +133,9 @@ class TesterBackend(Backend):
                 raise
 
     def _identify(self) -> None:
-        """First contact: reset, clear errors, identity and geometry (must agree with ``[array]``)."""
+        """First contact: the sequence number the last session left (before ``*RST`` resets it), reset, clear
+        errors, identity and geometry (must agree with ``[array]``)."""
+        self.instrument_seq_at_open = self._query(encode_command("seq_last_q"), "seq_last_q")["seq"]
         idn = self._query(encode_command("rst") + encode_command("cls") + encode_command("idn"), "idn")
         self.idn = ",".join(idn[k] for k in ("maker", "model", "serial", "firmware"))
         n = self._query(encode_command("tile_count"), "tile_count")["count"]

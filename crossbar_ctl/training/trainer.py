@@ -315,6 +315,13 @@ class Trainer:
         else:
             last = self.oplog.last_seq if self.oplog is not None else 0
             self.backend.seq = max(ckpt_seq, last)
+            on_tester = self.backend.instrument_seq_at_open
+            if on_tester is not None and on_tester > self.backend.seq:  # applied, never logged: a killed process
+                notes["applied_not_logged"] = list(range(self.backend.seq + 1, on_tester + 1))
+                log.warning("the %s had applied %d operation(s) after the op log's last (seq %d..%d), lost with the "
+                            "process that sent them; sequence numbers continue after them", self.backend.kind,
+                            on_tester - self.backend.seq, self.backend.seq + 1, on_tester)
+                self.backend.seq = on_tester
             if last > ckpt_seq:
                 notes["kept_ops_after_checkpoint"] = last - ckpt_seq
                 log.warning("%d operations (seq %d..%d) were applied to the %s array after the last checkpoint; "
