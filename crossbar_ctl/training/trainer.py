@@ -34,6 +34,8 @@ STREAM_DATA, STREAM_CONTROLLER, STREAM_COMPRESSOR = 2, 3, 4
 # OPLOG_MAX_BUFFER rows buffered. An HDF5 flush costs ~50-150 µs: flushing after every operation slowed
 # in-process training by 50-100 % and training over TCP by 16-24 %; with batch-end flushes the whole op log
 # costs in-process epochs ~7-12 % (6-8 % inside the log itself) and TCP epochs ~0-2 % (crossbar-ctl bench hil).
+# Between flushes every operation is in the op log's journal (crossbar_ctl/oplog_journal.py): a killed process
+# loses at most the one in flight.
 OPLOG_BATCH_FLUSH_S = 0.05
 OPLOG_MAX_BUFFER = 4096
 
