@@ -350,10 +350,14 @@ def test_dry_run_estimates_with_the_rigs_per_device_times_and_op_time_overrides_
             "smu_matrix": {**RIG["smu_matrix"], "row_pins": [["1:01-1:12", "2:01-2:05"], ["5:01-5:09"]],
                            "col_pins": [["2:06-2:12", "3:01-3:09"], ["3:10-3:12", "4:01-4:12", "6:01-6:05"]],
                            "cell_read_s": 0.02}}
-    report = dry_run(config_from_dict(data))
+    cfg = config_from_dict(data)
+    report = dry_run(cfg)
     assert report.ok, report.errors
     times = report.info["duration"]["op_time_s"]
-    assert times["read_vmm"] == pytest.approx(17 * 16 * 0.02) and times["program"] == pytest.approx(17 * 16 * 0.05)
+    # a composed pulse operation: every device gets a train of up to outer_slots pulses, off times included
+    train_s = cfg.training.outer_slots * (cfg.pulse.width_s + cfg.smu_matrix.pulse_off_s) + cfg.pulse.width_s
+    assert times["read_vmm"] == pytest.approx(17 * 16 * 0.02)
+    assert times["program"] == pytest.approx(17 * 16 * (0.05 + train_s))
     assert dry_run(config_from_dict(data), {"read_vmm": 1.0}).info["duration"]["op_time_s"]["read_vmm"] == 1.0
 
 
