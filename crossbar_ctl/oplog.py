@@ -119,11 +119,14 @@ class OpLog:
     """An open op log. ``mode="w"`` starts a new file, ``"a"`` appends (resume; a missing file is created).
     Use :meth:`record` as the backend listener; :meth:`close` flushes and closes (idempotent)."""
 
-    def __init__(self, path: str | Path, mode: str = "w", flush_every: int = 1) -> None:
+    def __init__(self, path: str | Path, mode: str = "w", flush_every: int = 1, journal: bool = True) -> None:
+        """``journal``: with ``flush_every > 1``, also append each row to the journal at once (an instrument run
+        needs it; a simulator run rolls its log back to the checkpoint on resume anyway, and skips the cost)."""
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' (new log) or 'a' (append), got {mode!r}")
         self.path = Path(path)
         self.flush_every = max(1, int(flush_every))
+        self.journal = bool(journal)
         self._buf: list[tuple[Any, ...]] = []
         self._flushed_at = time.monotonic()
         self._pool: ThreadPoolExecutor | None = None
@@ -207,7 +210,7 @@ class OpLog:
             params[k] = v
         now = time.time()
         row: Any = params
-        if self.flush_every > 1:  # buffered: journal it at once (see crossbar_ctl.oplog_journal)
+        if self.flush_every > 1 and self.journal:  # buffered: journal it at once (crossbar_ctl.oplog_journal)
             text, pending = self._encode_now(params)
             if self._journal is None:
                 self._journal = Journal(journal_path(self.path))

@@ -201,6 +201,7 @@ def test_trainer_logs_every_operation_of_a_run(tmp_path: Path) -> None:
     kinds = {k: r["kind"].count(k) for k in set(r["kind"])}
     assert kinds["outer_pulse"] == res["phases"] > 0
     assert r["sessions"][0]["mode"] == "new" and r["sessions"][0]["backend"] == "sim"
+    assert tr.oplog is not None and tr.oplog.journal is False  # a simulator run rolls back to its checkpoint
 
 
 def test_op_log_can_be_switched_off(tmp_path: Path) -> None:

@@ -34,8 +34,9 @@ STREAM_DATA, STREAM_CONTROLLER, STREAM_COMPRESSOR = 2, 3, 4
 # OPLOG_MAX_BUFFER rows buffered. An HDF5 flush costs ~50-150 µs: flushing after every operation slowed
 # in-process training by 50-100 % and training over TCP by 16-24 %; with batch-end flushes the whole op log
 # costs in-process epochs ~7-12 % (6-8 % inside the log itself) and TCP epochs ~0-2 % (crossbar-ctl bench hil).
-# Between flushes every operation is in the op log's journal (crossbar_ctl/oplog_journal.py): a killed process
-# loses at most the one in flight.
+# On an instrument, every operation between flushes is also in the op log's journal (crossbar_ctl/oplog_journal.py,
+# ~10 us per operation): a killed process loses at most the one in flight. A simulator run needs none: its resume
+# restores the array from the checkpoint and cuts the log back to it.
 OPLOG_BATCH_FLUSH_S = 0.05
 OPLOG_MAX_BUFFER = 4096
 
@@ -160,7 +161,9 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         every = 1 if self.config.logging.op_log_flush == "op" else OPLOG_MAX_BUFFER
-        self.oplog = OpLog(self.out_dir / OPLOG_FILENAME, "a" if resume else "w", flush_every=every)
+        # a backend whose state the checkpoint restores (the simulator) rolls its log back on resume: no journal
+        journal = not hasattr(self.backend, "set_state")
+        self.oplog = OpLog(self.out_dir / OPLOG_FILENAME, "a" if resume else "w", flush_every=every, journal=journal)
         self.backend.add_listener(self.oplog.record)
 
     def _close_oplog(self) -> None:
