@@ -108,6 +108,22 @@ def _train_cli(run: Path, cfg: RunConfig | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
 
 
+def _stop_in_epoch_2(emu: TcpEmulator, run: Path, cfg: RunConfig, sig: int) -> tuple[subprocess.Popen, str]:
+    """Start ``crossbar-ctl train`` of ``cfg`` against ``emu``, send it ``sig`` 30 operations into epoch 2; the
+    ended process and its stderr."""
+    proc = _train_cli(run, with_address(cfg, "visa", emu.address))
+    try:
+        _wait(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, what="epoch 1")
+        at_ckpt = len(emu.tester.log)
+        _wait(lambda: len(emu.tester.log) > at_ckpt + 30 or proc.poll() is not None, what="epoch 2")
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_run_leaves_the_tester_safe_and_the_run_resumes(sig: int, tmp_path: Path) -> None:
     """``crossbar-ctl train`` against an emulated VISA tester, signalled in epoch 2: the client switches the
@@ -115,16 +131,7 @@ def test_signal_mid_run_leaves_the_tester_safe_and_the_run_resumes(sig: int, tmp
     cfg = tiny("training.epochs=3", "training.limit_train=512")
     with TcpEmulator(sim_config(cfg)).start() as emu:
         run = tmp_path / "run"
-        proc = _train_cli(run, with_address(cfg, "visa", emu.address))
-        try:
-            _wait(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, what="epoch 1")
-            at_ckpt = len(emu.tester.log)
-            _wait(lambda: len(emu.tester.log) > at_ckpt + 30 or proc.poll() is not None, what="epoch 2")
-            proc.send_signal(sig)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        proc, err = _stop_in_epoch_2(emu, run, cfg, sig)
         assert proc.returncode == (130 if sig == signal.SIGINT else 128 + sig), err
         assert f"{signal.Signals(sig).name}: stopping" in err and "closed in its safe state" in err
         _wait(lambda: emu.tester.safe_events[-1:] == ["disconnect"], what="disconnect")
@@ -153,16 +160,7 @@ def test_a_killed_client_loses_at_most_the_operation_in_flight_and_the_run_resum
     cfg = tiny("training.epochs=3", "training.limit_train=512")
     with TcpEmulator(sim_config(cfg)).start() as emu:
         run = tmp_path / "run"
-        proc = _train_cli(run, with_address(cfg, "visa", emu.address))
-        try:
-            _wait(lambda: (run / "checkpoint.npz").exists() or proc.poll() is not None, what="epoch 1")
-            at_ckpt = len(emu.tester.log)
-            _wait(lambda: len(emu.tester.log) > at_ckpt + 30 or proc.poll() is not None, what="epoch 2")
-            proc.kill()
-            proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        proc, _ = _stop_in_epoch_2(emu, run, cfg, signal.SIGKILL)
         assert proc.returncode == -signal.SIGKILL
         _wait(lambda: emu.tester.safe_events[-1:] == ["disconnect"], what="disconnect")
         t = emu.tester
