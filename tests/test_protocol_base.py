@@ -267,3 +267,17 @@ def test_iv_sweep_read_voltage_rules() -> None:
         make_protocol("iv-sweep", {"mode": "pulsed", "v_read_V": 1.5}).run(sim(), [(0, 0, 0)])
     with pytest.raises(LimitError, match="v_read_V"):
         make_protocol("iv-sweep", {"mode": "pulsed", "v_read_V": -3.5}).run(sim(), [(0, 0, 0)])
+
+
+def test_iv_sweep_compliance_below_the_rigs_is_refused_on_an_instrument() -> None:
+    """An instrument backend sources with the rig's [limits].compliance_current_A: a lower sweep compliance it
+    cannot apply is refused from the config alone (before a connection); on the simulator it is a flag level."""
+    iv = make_protocol("iv-sweep", {"compliance_A": 3e-8})
+    visa = config_from_dict({"backend": {"kind": "visa", "address": "TCPIP::192.0.2.1::5025::SOCKET"},
+                             "array": {"tiles": 1, "rows": 2, "cols": 4}, "limits": {"compliance_current_A": 1e-4}})
+    with pytest.raises(ConfigError, match=r"compliance_A = 3e-08 A is below .*compliance_current_A = 0.0001 A"):
+        iv.check(visa, np.array([[0, 0, 0]]))
+    make_protocol("iv-sweep", {"compliance_A": 1e-4}).check(visa, np.array([[0, 0, 0]]))  # the rig's own: fine
+    out = iv.run(sim(), [(0, 0, 0)])  # the simulator: measured, flagged at 30 nA and above, never clamped
+    i = np.abs(out.table["i_A"])
+    assert out.table["compliance"].sum() == np.count_nonzero(i >= 3e-8) > 0 and i.max() > 3e-8

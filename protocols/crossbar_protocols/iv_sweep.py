@@ -15,8 +15,9 @@ remanent conductance; the pulse's own current is not measured (``pulse_cell`` re
 Compliance: ``compliance_A`` (default ``[limits].compliance_current_A``) must not exceed
 ``[limits].compliance_current_A``; that is checked before anything is sent. The Backend API has no compliance
 argument on ``read_cell``/``pulse_cell``: an instrument limits current at the rig's
-``[limits].compliance_current_A`` (its driver sets that), and the simulator limits nothing. So a lower
-``compliance_A`` is a threshold of this protocol, not of the hardware: every point whose measured
+``[limits].compliance_current_A`` (its driver sets that), so on an instrument a lower ``compliance_A`` is refused
+before anything is sent (lower the rig's limit instead); the simulator limits nothing, and there a lower
+``compliance_A`` is a threshold of this protocol: every point whose measured
 |I| ≥ ``compliance_A`` is flagged in the ``compliance`` column (1) and counted in the summary; ``i_A`` is the
 current as measured, never clamped.
 
@@ -99,8 +100,16 @@ class IvSweep(Protocol):
             yield "compliance_current_A", p.compliance_A, "compliance_A"
 
     def check_config(self, config: RunConfig) -> None:
-        """Pulsed mode: the read voltage must not switch the device itself (|v_read| ≤ [device].v_threshold_V)."""
+        """An instrument applies the rig's compliance, not a lower one of the sweep: refused there (a device
+        would see more current than asked for). Pulsed mode: the read voltage must not switch the device itself
+        (|v_read| ≤ [device].v_threshold_V)."""
         p = self.params
+        rig_A = float(config.limits.compliance_current_A)
+        if p.compliance_A is not None and p.compliance_A < rig_A and config.backend.kind != "sim":
+            raise ConfigError(f"iv-sweep: compliance_A = {p.compliance_A:g} A is below the rig's "
+                              f"[limits].compliance_current_A = {rig_A:g} A, which is what the {config.backend.kind!r} "
+                              "backend sets on the instrument (read_cell/pulse_cell take no compliance of their own); "
+                              "set [limits].compliance_current_A to the sweep's compliance instead")
         if p.mode != "pulsed":
             return
         v_read = config.read.v_read_V if p.v_read_V is None else p.v_read_V
