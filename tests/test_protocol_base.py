@@ -281,3 +281,17 @@ def test_iv_sweep_compliance_below_the_rigs_is_refused_on_an_instrument() -> Non
     out = iv.run(sim(), [(0, 0, 0)])  # the simulator: measured, flagged at 30 nA and above, never clamped
     i = np.abs(out.table["i_A"])
     assert out.table["compliance"].sum() == np.count_nonzero(i >= 3e-8) > 0 and i.max() > 3e-8
+
+
+def test_read_disturb_reads_above_the_threshold_are_pulses_and_half_select_checked() -> None:
+    cfg = config_from_dict({"device": {"preset": "agsi"}})  # threshold 1.2 V, width_ref_s 1 µs
+    low = make_protocol("read-disturb", {"v_read_V": 0.2, "reads": 50, "program_pulses": 0})
+    assert low.estimate([(0, 0, 0), (0, 1, 1)], device=cfg.device)["pulses"] == 0
+    high = make_protocol("read-disturb", {"v_read_V": 2.6, "reads": 50, "program_pulses": 5})
+    est = high.estimate([(0, 0, 0), (0, 1, 1)], device=cfg.device)
+    assert est["pulses"] == 2 * (5 + 50)  # the programming pulses and every read
+    b = sim(rows=3, cols=3)
+    with pytest.raises(ConfigError, match="half-select.*row 0"):  # 1.3 V on the shared row
+        high.run(b, [(0, 0, 0), (0, 0, 2)])
+    assert b.seq == 0
+    high.run(b, [(0, 0, 0), (0, 1, 1)])  # distinct lines: allowed

@@ -36,7 +36,10 @@ class ReadDisturb(Protocol):
     params: ReadDisturbParams
 
     def pulse_amplitudes(self) -> list[float]:
-        return [self.params.v_program_V] if self.params.program_pulses else []
+        """The programming pulses and the read itself (above the threshold every read is a pulse, and the
+        half-select check decides whether the cells sharing its lines would switch too)."""
+        p = self.params
+        return ([p.v_program_V] if p.program_pulses else []) + [p.v_read_V]
 
     def largest_pulse_op(self, cells: np.ndarray) -> tuple[int, float]:
         p = self.params
@@ -64,6 +67,15 @@ class ReadDisturb(Protocol):
             ops["pulse_cell"] = n
         return Plan(ops=ops, reads=n * p.reads, pulses=n * p.program_pulses,
                     pulse_time_s=n * p.program_pulses * p.width_s)
+
+    def plan_on(self, cells: np.ndarray, device: Any) -> Plan:
+        """Reads at |v_read_V| ≥ ``device.v_threshold_V`` are pulses too (of ``device.width_ref_s`` each)."""
+        plan = self.plan(cells)
+        if abs(self.params.v_read_V) >= float(device.v_threshold_V):
+            n = len(cells) * self.params.reads
+            plan.pulses += n
+            plan.pulse_time_s += n * float(device.width_ref_s)
+        return plan
 
     def _run(self, backend: Any, cells: np.ndarray, rng: np.random.Generator, clock: Any) -> ProtocolResult:
         p = self.params
