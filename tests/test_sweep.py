@@ -236,3 +236,38 @@ def test_sweep_runs_on_an_existing_scheduler_and_leaves_it_running(tmp_path: Pat
         assert res["complete"] and 0.0 <= res["final_test_accuracy"] <= 1.0
         with Client(cluster.scheduler_address) as c:  # still there
             assert len(c.scheduler_info()["workers"]) == 1
+
+
+def test_a_point_killed_part_way_continues_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    """A 2-epoch point whose worker died in epoch 2 resumes from its epoch-1 checkpoint on the rerun and ends
+    exactly where an uninterrupted run of it ends."""
+    from crossbar_ctl.training.trainer import Trainer
+
+    two = BASE.replace("training.epochs = 1", "training.epochs = 2")
+    spec = load_sweep(write(tmp_path / "s.toml", 'name = "r"\nseeds = [0]\n' + two + '[axes]\n"training.method" = ["mbgd"]\n'))
+    (p,) = expand_points(spec)
+    ref = runner.run_point(p.name, p.data, p.overrides, str(tmp_path / "ref"))
+    assert ref["status"] == "done" and ref["resumed"] is False
+    real = Trainer._train_epoch
+
+    def dies_in_epoch_2(self, epoch: int) -> None:
+        if epoch == 1:
+            raise KeyboardInterrupt  # what a killed worker leaves: no error.json, results.json incomplete
+        real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", dies_in_epoch_2)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_point(p.name, p.data, p.overrides, str(run))
+    monkeypatch.setattr(Trainer, "_train_epoch", real)
+    killed = json.loads((run / "results.json").read_text())
+    assert killed["complete"] is False and len(killed["epochs"]) == 1
+    assert runner.resumable(config_to_dict(p.config), run) and not is_complete(p, run)
+    assert not runner.resumable(config_to_dict(expand_points(load_sweep(write(
+        tmp_path / "t.toml", 'name = "r"\nseeds = [1]\n' + two + '[axes]\n"training.method" = ["mbgd"]\n')))[0].config), run)
+    again = runner.run_point(p.name, p.data, p.overrides, str(run))
+    assert again["status"] == "done" and again["resumed"] is True and is_complete(p, run)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "ref", run))
+    assert [e["test_accuracy"] for e in b["epochs"]] == [e["test_accuracy"] for e in a["epochs"]]
+    for key in ("final_test_accuracy", "device_pulses", "max_pulses_per_device"):
+        assert b[key] == a[key], key

@@ -1,7 +1,8 @@
 """Run a sweep's points on Dask: a LocalCluster of worker processes, or an existing scheduler.
 
 Each point is an ordinary training run in ``OUT/<point>/`` (results.json, checkpoint, op log). A point whose
-results.json is complete and holds the same config is skipped; a failed point writes ``OUT/<point>/error.json``
+results.json is complete and holds the same config is skipped; one left unfinished (a sweep killed part way)
+continues from its checkpoint; a failed point writes ``OUT/<point>/error.json``
 (with the traceback) and the sweep goes on. ``OUT/sweep.json`` records the sweep and its points for ``report``.
 While it runs, the ``distributed`` logger is held at WARNING (its INFO start-up/shutdown lines are noise here).
 """
@@ -24,6 +25,7 @@ from crossbar_ctl.sweeps.spec import Point, SweepSpec
 MANIFEST = "sweep.json"
 ERROR_FILE = "error.json"
 RESULTS_FILE = "results.json"
+CHECKPOINT_FILE = "checkpoint.npz"  # the trainer's (crossbar_ctl.training.trainer)
 #: environment of every local worker process: one BLAS/Numba thread each, so N workers fit N cores
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
               "MKL_NUM_THREADS": "1"}
@@ -71,6 +73,19 @@ def is_complete(point: Point, run_dir: Path) -> bool:
     return bool(res.get("complete")) and res.get("config") == _comparable(config_to_dict(point.config))
 
 
+def resumable(config_dict: dict[str, Any], run_dir: Path) -> bool:
+    """True if run_dir holds an unfinished run of exactly this config with a checkpoint to continue from (a
+    sweep killed part way): the point resumes there instead of starting over."""
+    path = run_dir / RESULTS_FILE
+    if not (run_dir / CHECKPOINT_FILE).is_file() or not path.is_file():
+        return False
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return res.get("complete") is False and res.get("config") == _comparable(config_dict)
+
+
 def write_error(run_dir: Path, name: str, overrides: dict[str, Any], err: BaseException | str,
                 tb: str = "") -> dict[str, Any]:
     """Record a failed point in run_dir/error.json; returns the record."""
@@ -89,20 +104,23 @@ def write_error(run_dir: Path, name: str, overrides: dict[str, Any], err: BaseEx
 
 
 def run_point(name: str, data: dict[str, Any], overrides: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Train one point (runs on a worker). Never raises for a failed run: it records error.json and reports it."""
+    """Train one point (runs on a worker), continuing an unfinished run of it from its checkpoint
+    (:func:`resumable`). Never raises for a failed run: it records error.json and reports it."""
     from crossbar_ctl.config import config_from_dict
     from crossbar_ctl.training.trainer import Trainer
 
     out = Path(run_dir)
     (out / ERROR_FILE).unlink(missing_ok=True)
     start = time.perf_counter()
+    resume = False
     try:
         cfg = config_from_dict(data, source=f"point {name}")
-        res = Trainer(cfg, out, progress=False).run()
+        resume = resumable(config_to_dict(cfg), out)
+        res = Trainer(cfg, out, progress=False).run(resume=resume)
     except Exception as err:  # a failed point must not stop the sweep
         rec = write_error(out, name, overrides, err, traceback.format_exc())
         return {"name": name, "status": "failed", "error": f"{rec['error_type']}: {rec['error']}"}
-    return {"name": name, "status": "done", "seconds": time.perf_counter() - start,
+    return {"name": name, "status": "done", "seconds": time.perf_counter() - start, "resumed": resume,
             "final_test_accuracy": res.get("final_test_accuracy")}
 
 
