@@ -61,29 +61,28 @@ def _comparable(cfg_dict: dict[str, Any]) -> Any:
     return json.loads(json.dumps(cfg_dict))
 
 
+def _results_of(config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """run_dir's results.json if it is readable and of exactly this config, else None."""
+    try:
+        res = json.loads((run_dir / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return res if isinstance(res, dict) and res.get("config") == _comparable(config_dict) else None
+
+
 def is_complete(point: Point, run_dir: Path) -> bool:
     """True if run_dir holds a complete results.json of exactly this point's config."""
-    path = run_dir / RESULTS_FILE
-    if not path.is_file():
-        return False
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(res.get("complete")) and res.get("config") == _comparable(config_to_dict(point.config))
+    res = _results_of(config_to_dict(point.config), run_dir)
+    return res is not None and bool(res.get("complete"))
 
 
 def resumable(config_dict: dict[str, Any], run_dir: Path) -> bool:
     """True if run_dir holds an unfinished run of exactly this config with a checkpoint to continue from (a
     sweep killed part way): the point resumes there instead of starting over."""
-    path = run_dir / RESULTS_FILE
-    if not (run_dir / CHECKPOINT_FILE).is_file() or not path.is_file():
+    if not (run_dir / CHECKPOINT_FILE).is_file():
         return False
-    try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return res.get("complete") is False and res.get("config") == _comparable(config_dict)
+    res = _results_of(config_dict, run_dir)
+    return res is not None and res.get("complete") is False
 
 
 def write_error(run_dir: Path, name: str, overrides: dict[str, Any], err: BaseException | str,
