@@ -101,6 +101,20 @@ class Transport(abc.ABC):
     def _timeout(self, what: str) -> InstrumentTimeoutError:
         return InstrumentTimeoutError(f"{self.address}: no answer within {self.timeout_s:g} s ({what})")
 
+    def _await(self, read: Callable[[], bytes | None], read_ready: Callable[[], bytes], fileno: Any,
+               deadline: float, what: str) -> bytes:
+        """What ``read()`` (None: nothing there yet) returns, trying at once, then polling for ``poll_s``, then
+        waiting in ``select`` on ``fileno`` until ``deadline`` and calling ``read_ready()``; InstrumentTimeoutError
+        if nothing arrives. OS errors propagate to the caller, which knows what they mean for its link."""
+        chunk = read()
+        if chunk is None:  # nothing there yet: poll a moment, then wait for it
+            chunk = poll(read, min(time.monotonic() + self.poll_s, deadline))
+        if chunk is None:
+            if not select.select([fileno], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                raise self._timeout(what)
+            chunk = read_ready()
+        return chunk
+
 
 # --------------------------------------------------------------------------- VISA
 class VisaTransport(Transport):
@@ -300,13 +314,7 @@ class VisaTransport(Transport):
                 return None
 
         try:
-            chunk = recv()
-            if chunk is None:  # nothing there yet: poll a moment, then wait for it
-                chunk = poll(recv, min(time.monotonic() + self.poll_s, deadline))
-            if chunk is None:
-                if not select.select([sock], [], [], max(deadline - time.monotonic(), 0.0))[0]:
-                    raise self._timeout(what)
-                chunk = sock.recv(want)
+            chunk = self._await(recv, lambda: sock.recv(want), sock, deadline, what)
         except (OSError, ValueError) as err:
             if isinstance(err, InstrumentTimeoutError):
                 raise
@@ -450,13 +458,7 @@ class SerialTransport(Transport):
                 return None
 
         try:
-            chunk = read()
-            if chunk is None:  # nothing there yet: poll a moment, then wait for it
-                chunk = poll(read, min(time.monotonic() + self.poll_s, deadline))
-            if chunk is None:
-                if not select.select([fd], [], [], max(deadline - time.monotonic(), 0.0))[0]:
-                    raise self._timeout(what)
-                chunk = os.read(fd, want)
+            chunk = self._await(read, lambda: os.read(fd, want), fd, deadline, what)
         except OSError as err:
             if isinstance(err, InstrumentTimeoutError):
                 raise
