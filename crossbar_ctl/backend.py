@@ -32,6 +32,8 @@ from crossbar_ctl.safety import operation as _operation
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
 
 OuterMode = Literal["stochastic", "expected", "nearest"]
+_FLOAT32 = np.dtype(np.float32)
+_INT32 = np.dtype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Backend(abc.ABC):
         self.seq = 0
         self._listeners: list[Callable[[OpRecord], None]] = []
         self._closed = False
+        self._pulse_shapes: dict[tuple[int, Any, Any], tuple[float, float]] = {}  # memo of _pulse_shape
         #: The last sequence number the instrument had applied when this backend opened it (before the session
         #: reset it), if it keeps one: a resumed run compares it with its op log (operations a killed process
         #: applied but never logged). None for backends without a persistent counter (the simulator).
@@ -121,7 +124,10 @@ class Backend(abc.ABC):
         rows, cols = self.shape(tile)
         v, one = self._check_voltages(v_rows, rows, "v_rows")
         out = self._read_vmm(tile, v)
-        self._emit("read_vmm", tile, batch=v.shape[0])
+        if self._listeners:
+            self._emit("read_vmm", tile, batch=v.shape[0])
+        else:  # what _emit does without listeners, minus building its arguments (this is the hottest call)
+            self.seq += 1
         return out[0] if one else out
 
     @_operation
@@ -131,7 +137,10 @@ class Backend(abc.ABC):
         rows, cols = self.shape(tile)
         v, one = self._check_voltages(v_cols, cols, "v_cols")
         out = self._read_vmm_t(tile, v)
-        self._emit("read_vmm_t", tile, batch=v.shape[0])
+        if self._listeners:
+            self._emit("read_vmm_t", tile, batch=v.shape[0])
+        else:
+            self.seq += 1
         return out[0] if one else out
 
     @_operation
@@ -187,8 +196,11 @@ class Backend(abc.ABC):
         v, w = self._pulse_shape(polarity, v_pulse_V, width_s)
         self._check_energy(slots * float(p.sum()) * float(q.sum()), v, w, "outer_pulse")
         self._outer_pulse(tile, p, q, polarity, slots, mode, v, w)
-        self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
-                   v_pulse_V=v, width_s=w)
+        if self._listeners:
+            self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
+                       v_pulse_V=v, width_s=w)
+        else:
+            self.seq += 1
 
     @_operation
     def program(
@@ -203,14 +215,12 @@ class Backend(abc.ABC):
         """Apply a signed integer pulse count per device (rows, cols), row by row: n > 0 potentiating pulses at
         ``v_set_V``, n < 0 depressing pulses at ``v_reset_V`` (defaults from ``[pulse]``)."""
         rows, cols = self.shape(tile)
-        arr = np.asarray(pulses)
-        if arr.shape != (rows, cols):
-            raise ValueError(f"pulses must have shape {(rows, cols)} for tile {tile}, got {arr.shape}")
-        if arr.dtype.kind not in "iu":  # signed or unsigned integers
-            raise TypeError(f"pulses must be integer counts, got dtype {arr.dtype}")
-        counts = np.ascontiguousarray(arr, dtype=np.int32)
-        if counts.dtype != arr.dtype and counts.size and np.any(counts != arr):
-            raise ValueError("pulses do not fit in int32")
+        if type(pulses) is np.ndarray and pulses.dtype is _INT32 and pulses.flags.c_contiguous:
+            counts = pulses  # what the hook takes (the common case)
+        else:
+            counts = self._as_counts(pulses)
+        if counts.shape != (rows, cols):
+            raise ValueError(f"pulses must have shape {(rows, cols)} for tile {tile}, got {counts.shape}")
         peak, total = abs_peak_total(counts)
         if peak > self.limits.max_pulses_per_device:
             raise LimitError("max_pulses_per_device", peak, self.limits.max_pulses_per_device, "program")
@@ -218,7 +228,10 @@ class Backend(abc.ABC):
         vr, _ = self._pulse_shape(-1, v_reset_V, width_s)
         self._check_energy(float(total), max(vs, -vr), w, "program")
         self._program(tile, counts, vs, vr, w)
-        self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
+        if self._listeners:
+            self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
+        else:
+            self.seq += 1
 
     @_operation
     def pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int = 1) -> None:
@@ -306,6 +319,8 @@ class Backend(abc.ABC):
         if self._closed:
             self._check_open()
         shapes = self._capabilities().tile_shapes
+        if type(tile) is int and 0 <= tile < len(shapes):  # the common case, decided without isinstance
+            return shapes[tile]
         if not isinstance(tile, (int, np.integer)) or not 0 <= tile < len(shapes):
             raise IndexError(f"tile must be an integer in [0, {len(shapes) - 1}], got {tile!r}")
         return shapes[tile]
@@ -318,6 +333,20 @@ class Backend(abc.ABC):
             raise IndexError(f"col must be in [0, {cols - 1}] for tile {tile}, got {col!r}")
 
     def _check_voltages(self, v: np.ndarray, n: int, name: str) -> tuple[np.ndarray, bool]:
+        if type(v) is np.ndarray and v.dtype is _FLOAT32 and v.ndim == 2 and v.shape[1] == n and v.flags.c_contiguous:
+            arr, one = v, False  # already what the hooks take (the common case: only the range is left to check)
+        else:
+            arr, one = self._as_voltages(v, n, name)
+        if arr.size:
+            peak = abs_peak(arr)  # NaN if any element is NaN, inf if any is infinite
+            if not peak <= self.limits.max_voltage_V:  # (NaN fails every comparison)
+                if not math.isfinite(peak):
+                    raise ValueError(f"{name} contains NaN or infinity")
+                raise LimitError("max_voltage_V", peak, self.limits.max_voltage_V, name)
+        return arr, one
+
+    def _as_voltages(self, v: np.ndarray, n: int, name: str) -> tuple[np.ndarray, bool]:
+        """``v`` as C-contiguous float32 (batch, n), and whether it was one vector; shape and dtype checked."""
         arr = v if type(v) is np.ndarray else np.asarray(v)
         if arr.dtype != np.float32:
             if arr.dtype.kind not in "fiu":  # floating, signed or unsigned integer
@@ -330,12 +359,6 @@ class Backend(abc.ABC):
             raise ValueError(f"{name} must have shape ({n},) or (batch, {n}), got {np.shape(v)}")
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        if arr.size:
-            peak = abs_peak(arr)  # NaN if any element is NaN, inf if any is infinite
-            if not peak <= self.limits.max_voltage_V:  # (NaN fails every comparison)
-                if not math.isfinite(peak):
-                    raise ValueError(f"{name} contains NaN or infinity")
-                raise LimitError("max_voltage_V", peak, self.limits.max_voltage_V, name)
         return arr, one
 
     def _check_drive(self, d: np.ndarray, n: int, name: str) -> np.ndarray:
@@ -346,6 +369,17 @@ class Backend(abc.ABC):
             bad = arr[~((arr >= 0.0) & (arr <= 1.0))][0]
             raise ValueError(f"{name} entries are firing probabilities in [0, 1], got {bad!r}")
         return arr
+
+    @staticmethod
+    def _as_counts(pulses: np.ndarray) -> np.ndarray:
+        """Integer pulse counts as C-contiguous int32 (refusing other dtypes and values beyond int32)."""
+        arr = np.asarray(pulses)
+        if arr.dtype.kind not in "iu":  # signed or unsigned integers
+            raise TypeError(f"pulses must be integer counts, got dtype {arr.dtype}")
+        counts = np.ascontiguousarray(arr, dtype=np.int32)
+        if counts.dtype != arr.dtype and counts.size and np.any(counts != arr):
+            raise ValueError("pulses do not fit in int32")
+        return counts
 
     def _check_amplitude(self, v: float, name: str) -> None:
         if not math.isfinite(v):
@@ -369,6 +403,22 @@ class Backend(abc.ABC):
         return w
 
     def _pulse_shape(self, polarity: int, v: float | None, width_s: float | None) -> tuple[float, float]:
+        """(amplitude V, width s) of a pulse of ``polarity``, defaults from ``[pulse]``, checked against the
+        limits. Memoised: the config is frozen and a run uses a few pulse shapes (only accepted shapes are kept;
+        a NaN never equals its key, so it is always checked again)."""
+        key = (polarity, v, width_s)
+        try:
+            out = self._pulse_shapes.get(key)
+        except TypeError:  # an unhashable argument (e.g. a 0-d array): check it without the memo
+            return self._checked_pulse_shape(polarity, v, width_s)
+        if out is None:
+            out = self._checked_pulse_shape(polarity, v, width_s)
+            if len(self._pulse_shapes) > 64:
+                self._pulse_shapes.clear()
+            self._pulse_shapes[key] = out
+        return out
+
+    def _checked_pulse_shape(self, polarity: int, v: float | None, width_s: float | None) -> tuple[float, float]:
         pulse = self.config.pulse
         if v is None:
             v = pulse.v_set_V if polarity > 0 else pulse.v_reset_V

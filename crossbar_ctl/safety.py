@@ -31,6 +31,8 @@ _MAIN_THREAD_ID = threading.main_thread().ident  # compared with get_ident(): ch
 class _Operation:
     """The critical section around one array operation (a context manager; cheap when nothing is pending)."""
 
+    __slots__ = ("depth", "pending")
+
     def __init__(self) -> None:
         self.depth = 0
         self.pending: BaseException | None = None
@@ -65,10 +67,11 @@ def operation(fn: F) -> F:
     raised only once the operation has been applied and recorded by the listeners."""
 
     op = OPERATION
+    get_ident = threading.get_ident  # (bound here: this wrapper runs around every read)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:  # ``with OPERATION:`` spelled out: this is on every read
-        if threading.get_ident() != _MAIN_THREAD_ID:
+        if get_ident() != _MAIN_THREAD_ID:
             return fn(*args, **kwargs)
         op.depth += 1
         try:
