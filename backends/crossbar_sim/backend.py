@@ -8,7 +8,8 @@ from the run seed at construction; see :mod:`crossbar_sim.device_arrays` and :mo
 
 Randomness: one ``np.random.Generator(PCG64(SeedSequence(seed, spawn_key=(1,))))`` drives everything, in op order:
 the d2d/stuck draws of each tile at construction, then one 64-bit key per write operation (device streams are
-derived from it inside the kernels) and vectorised normals for read noise. Same seed + config + op sequence ⇒
+derived from it inside the kernels; keys are the Generator's raw 64-bit outputs, taken :data:`KEY_BLOCK` at a time
+when the previous block is used up) and vectorised normals for read noise. Same seed + config + op sequence ⇒
 bit-identical conductances, for any Numba thread count.
 
 Rules this simulator implements (beyond :mod:`crossbar_ctl.devices`):
@@ -44,6 +45,7 @@ from crossbar_sim import kernels, readout, tabular
 from crossbar_sim.device_arrays import DeviceArrays, make_device_arrays, pulse_scale
 
 SPAWN_KEY = (1,)
+KEY_BLOCK = 64  # write keys drawn per refill: one raw draw per write cost 0.75 µs, an element of a block 0.1 µs
 PARALLEL_MIN_PROGRAM = 8192  # devices of a program below which one thread is faster than waking the pool
 PARALLEL_MIN_OUTER = 2048  # active devices of an outer-pulse phase, likewise
 PLAIN_READ_MAX = int(WIDE_MIN_FLOPS // 2)  # multiply-adds of a read below which BLAS stays on one thread: a
@@ -110,7 +112,9 @@ class SimBackend(Backend):
         self._caps = Capabilities(tile_shapes=shapes, outer_modes=tuple(_OUTER_MODES))
         self._rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=SPAWN_KEY))
         self._tiles = [_Tile(make_device_arrays(self.device, s, self._rng)) for s in shapes]
-        self._raw = self._rng.bit_generator.random_raw  # (bound once: a key per write is on the hot path)
+        self._raw = self._rng.bit_generator.random_raw
+        self._keys = np.empty(0, dtype=np.uint64)  # the current block of write keys and the next one to use
+        self._key_next = 0
         self._pulse_cache: dict[tuple[float, float], tuple[float, float, float]] = {}
         self._table: tabular.Table | None = None  # a tabular device runs through crossbar_sim.tabular
         if self.device.model == "tabular":
@@ -123,9 +127,15 @@ class SimBackend(Backend):
 
     # ----------------------------------------------------------------- helpers
     def _key(self) -> np.uint64:
-        """One 64-bit key per write operation (the device streams of the kernels derive from it): the next raw
-        64-bit output of the Generator's PCG64."""
-        return np.uint64(self._raw())
+        """One 64-bit key per write operation (the device streams of the kernels derive from it): the next of a
+        block of raw 64-bit outputs of the Generator's PCG64, a new block drawn when this one is used up."""
+        i = self._key_next
+        keys = self._keys
+        if i == keys.shape[0]:
+            keys = self._keys = self._raw(KEY_BLOCK)
+            i = 0
+        self._key_next = i + 1
+        return keys[i]
 
     def _pulse(self, v_V: float, width_s: float) -> tuple[float, float, float]:
         """(n_eff per pulse, disturb probability per half-select slot, n_eff per disturb) of pulses (V, t) under
@@ -286,6 +296,7 @@ class SimBackend(Backend):
         state: dict[str, np.ndarray] = {
             "rng": np.frombuffer(json.dumps(self._rng.bit_generator.state).encode(), dtype=np.uint8).copy(),
             "seq": np.array(self.seq, dtype=np.int64),
+            "keys": self._keys[self._key_next:].copy(),  # drawn from the Generator, not used yet
         }
         for k, t in enumerate(self._tiles):
             state[f"tile{k}.g"] = t.g.copy()
@@ -307,6 +318,8 @@ class SimBackend(Backend):
                                      f"this backend needs {ref.shape}")
         rng_state = json.loads(np.asarray(state["rng"], dtype=np.uint8).tobytes().decode())
         self._rng.bit_generator.state = rng_state
+        self._keys = np.array(state.get("keys", ()), dtype=np.uint64)  # (states saved before key blocks: none)
+        self._key_next = 0
         self.seq = int(state["seq"])
         for k, t in enumerate(self._tiles):
             t.g = np.array(state[f"tile{k}.g"], dtype=np.float64, order="C")
