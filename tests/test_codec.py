@@ -2,6 +2,8 @@
 framing of binary blocks that contain the terminator, and fuzzing of every parser with arbitrary bytes."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -317,6 +319,38 @@ def test_check_limits_names_the_limit() -> None:
         codec.check_limits(p, {"pulses": np.array([[0, -11]]), "v_set": 1.0, "v_reset": -1.0, "width": 1e-6}, lim, "")
     with pytest.raises(LimitError, match="compliance_current_A"):
         codec.check_limits(codec.COMMANDS["cell_read"].reply, {"i": -1.0}, lim, "reply")
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a.astype(np.float32), lambda a: a.astype(np.float64), lambda a: a.astype(np.int32),
+    lambda a: a.astype(np.int16), lambda a: np.asfortranarray(a.astype(np.float32)),
+    lambda a: a.astype(np.float32)[:, ::2], lambda a: a.astype(np.int32)[::-1],
+])
+def test_check_limits_finds_the_peak_of_every_array_kind(make: Any) -> None:
+    """The Numba fast path (C-contiguous float32/int32) and the numpy path agree: the largest magnitude, either
+    sign, wherever it sits."""
+    lim = LimitsSection(max_voltage_V=5.0, max_pulses_per_device=5)
+    p = codec.COMMANDS["program"].all_params
+    base = np.zeros((4, 6))
+    codec.check_limits(p, {"pulses": make(base)}, lim, "")
+    for pos, val in (((0, 0), 6), ((3, 4), -6), ((2, 2), 7)):
+        a = base.copy()
+        a[pos] = val
+        with pytest.raises(LimitError) as e:
+            codec.check_limits(p, {"pulses": make(a)}, lim, "")
+        assert e.value.value == abs(val)
+    a = base.copy()
+    a[1, 2] = -5
+    codec.check_limits(p, {"pulses": make(a)}, lim, "")  # at the limit is allowed
+
+
+def test_check_limits_refuses_nan_and_accepts_empty() -> None:
+    lim = LimitsSection(max_voltage_V=1.0)
+    spec = codec.COMMANDS["vmm"]
+    for dt in (F32, np.float64):
+        with pytest.raises(LimitError):
+            codec.check_limits(spec.all_params, {"v": np.array([[0.1, np.nan]], dtype=dt)}, lim, "")
+    codec.check_limits(spec.all_params, {"v": np.zeros((0, 3), dtype=F32)}, lim, "")
 
 
 # --------------------------------------------------------------------------- fuzzing

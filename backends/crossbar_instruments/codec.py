@@ -24,6 +24,8 @@ import numpy as np
 
 from crossbar_ctl.config import LimitsSection
 from crossbar_ctl.errors import InstrumentError, LimitError
+from crossbar_ctl.peaks import abs_peak
+from crossbar_ctl.pulse_counts import abs_peak_total
 from crossbar_instruments.blocks import INT_DTYPES
 from crossbar_instruments.params import (Array, Bool, Field, Float, Int, Param, Str, Word, Words, fail,
                                          split_fields)
@@ -354,8 +356,24 @@ def check_limits(params: tuple[Param, ...], values: dict[str, Any], limits: Limi
         allowed = float(getattr(limits, p.limit))
         v = values[p.name]
         if isinstance(v, np.ndarray):
-            peak = max(float(v.max()), -float(v.min())) if v.size else 0.0  # NaN stays NaN (and fails)
+            peak = _array_peak(v)
         else:
             peak = abs(float(v))
         if not peak <= allowed:
             raise LimitError(p.limit, peak, allowed, f"{what} {p.name}")
+
+
+_F32, _I32 = np.dtype(np.float32), np.dtype(np.int32)
+
+
+def _array_peak(v: np.ndarray) -> float:
+    """max |v| (0.0 if empty; NaN if v holds a NaN, which then fails every limit): one Numba pass for the
+    C-contiguous float32 and int32 arrays every read and program carries, two numpy reductions otherwise."""
+    if not v.size:
+        return 0.0
+    if v.flags.c_contiguous:
+        if v.dtype is _F32:
+            return abs_peak(v)
+        if v.dtype is _I32:
+            return float(abs_peak_total(v)[0])
+    return max(float(v.max()), -float(v.min()))

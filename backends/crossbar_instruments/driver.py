@@ -37,6 +37,7 @@ from crossbar_ctl.backend import Backend, Capabilities
 from crossbar_ctl.config import RunConfig
 from crossbar_ctl.errors import (BackendError, ConnectionLostError, InstrumentError, InstrumentTimeoutError,
                                  LimitError, ProtocolError)
+from crossbar_ctl.pulse_counts import abs_peak_total
 from crossbar_instruments.codec import COMMANDS, check_limits, decode_reply, encode_command
 from crossbar_instruments.transport import Transport
 
@@ -296,7 +297,7 @@ class TesterBackend(Backend):
                         "v_pulse_V": v_pulse_V, "width_s": width_s})
 
     def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> None:
-        peak = int(np.abs(pulses).max()) if pulses.size else 0
+        peak = abs_peak_total(pulses)[0]  # (int32, C-contiguous: the Backend boundary made it so)
         wire = pulses.astype(np.int16) if peak <= np.iinfo(np.int16).max else pulses
         self._array_op("program", "program", tile,
                        {"pulses": wire, "v_set": v_set_V, "v_reset": v_reset_V, "width": width_s},
