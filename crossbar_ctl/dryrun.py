@@ -22,12 +22,13 @@ counted). Evaluation reads the test set in chunks of 1000.
 Duration = Σ operations × time per operation (:data:`DEFAULT_OP_TIME_S`, or the backend's
 ``Capabilities.op_time_s`` when a caller has one, or ``--op-time KIND=SECONDS``) + the pulse trains of the
 rank-seq phases (``outer_slots × width_s`` each) + for kind ``serial`` the payload bytes at ``baud`` (10 or 11
-bits a byte). The defaults describe a lab tester on a LAN: ~1 ms per
+bits a byte; not for a pseudo-terminal, which has no line rate). The defaults describe a lab tester on a LAN: ~1 ms per
 command round trip, a few ms to program a tile row by row or read every device back.
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,17 @@ def count_ops(cfg: RunConfig, sizes: list[tuple[int, int]], n_train: int, n_test
             "array_ops_per_epoch": sum(epoch.values()), "wire_bytes_per_epoch": wire}
 
 
+def is_pseudo_terminal(address: str) -> bool:
+    """Whether a serial address is (a link to) a pseudo-terminal slave, ``/dev/pts/N``: looked up in the file
+    system only, nothing is opened."""
+    if not address or "://" in address:
+        return False
+    try:
+        return os.path.realpath(address).startswith("/dev/pts/")
+    except (OSError, ValueError):
+        return False
+
+
 def estimate_duration(cfg: RunConfig, counts: dict[str, Any],
                       op_time_s: dict[str, float] | None = None) -> dict[str, Any]:
     """Seconds per epoch and for the whole run from the operation counts."""
@@ -181,7 +193,9 @@ def estimate_duration(cfg: RunConfig, counts: dict[str, Any],
     pulse_s = counts["per_epoch"]["outer_pulse"] * cfg.training.outer_slots * cfg.pulse.width_s
     init = sum(n * times.get(k, 0.0) for k, n in counts["initial_programming"].items())
     line_s = 0.0
-    if cfg.backend.kind == "serial":  # 1 start + 8 data (+ parity) + 1 stop bits per byte
+    if cfg.backend.kind == "serial" and not is_pseudo_terminal(cfg.backend.address):
+        # 1 start + 8 data (+ parity) + 1 stop bits per byte (a pseudo-terminal, e.g. the emulated tester's, has
+        # no line rate: the baud setting does not slow it)
         bits = 10 + (cfg.backend.parity != "N")
         line_s = counts["wire_bytes_per_epoch"] * bits / cfg.backend.baud
     epoch_s = per_epoch + pulse_s + line_s

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def test_default_run_is_valid_and_estimated() -> None:
     assert o["wire_bytes_per_epoch"] == wire
     serial = dry_run(load_config(None, ['backend.kind="serial"', 'backend.address="/dev/ttyS9"', "backend.baud=9600"]))
     assert serial.info["duration"]["serial_line_s_per_epoch"] == pytest.approx(wire * 10 / 9600)
+    master, slave = os.openpty()  # a pseudo-terminal (the emulated tester's link) has no line rate
+    try:
+        pty = dry_run(load_config(None, ['backend.kind="serial"', f'backend.address="{os.ttyname(slave)}"',
+                                         "backend.baud=9600"]))
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert pty.info["duration"]["serial_line_s_per_epoch"] == 0.0
     v = d.info["limits"]["voltages_V"]
     assert (v["read_V"], v["set_V"], v["reset_V"], v["half_select_V"]) == (0.2, 2.0, -2.0, 1.0)
 
