@@ -33,6 +33,19 @@ ENTRY_POINT_GROUP = "crossbar_ctl.backends"
 
 OuterMode = Literal["stochastic", "expected", "nearest"]
 _FLOAT32 = np.dtype(np.float32)
+
+
+class _Deferred:
+    """The type of :data:`DEFERRED`."""
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+#: What a write hook (``_outer_pulse``, ``_program``, ``_pulse_cell``) returns when it has sent the operation but
+#: not yet learnt whether the instrument applied it (a pipelined write): the backend then records it itself, with
+#: :meth:`Backend._emit`, once it knows, and the public method does not.
+DEFERRED = _Deferred()
 _INT32 = np.dtype(np.int32)
 
 
@@ -195,7 +208,8 @@ class Backend(abc.ABC):
             raise LimitError("max_pulses_per_device", slots, self.limits.max_pulses_per_device, "outer_pulse slots")
         v, w = self._pulse_shape(polarity, v_pulse_V, width_s)
         self._check_energy(slots * float(p.sum()) * float(q.sum()), v, w, "outer_pulse")
-        self._outer_pulse(tile, p, q, polarity, slots, mode, v, w)
+        if self._outer_pulse(tile, p, q, polarity, slots, mode, v, w) is DEFERRED:
+            return
         if self._listeners:
             self._emit("outer_pulse", tile, row_drive=p, col_drive=q, polarity=polarity, slots=slots, mode=mode,
                        v_pulse_V=v, width_s=w)
@@ -227,7 +241,8 @@ class Backend(abc.ABC):
         vs, w = self._pulse_shape(1, v_set_V, width_s)
         vr, _ = self._pulse_shape(-1, v_reset_V, width_s)
         self._check_energy(float(total), max(vs, -vr), w, "program")
-        self._program(tile, counts, vs, vr, w)
+        if self._program(tile, counts, vs, vr, w) is DEFERRED:
+            return
         if self._listeners:
             self._emit("program", tile, pulses=counts, v_set_V=vs, v_reset_V=vr, width_s=w)
         else:
@@ -246,7 +261,8 @@ class Backend(abc.ABC):
         self._check_amplitude(v, "v_pulse_V")
         w = self._check_width(width_s)
         self._check_energy(float(count), v, w, "pulse_cell")
-        self._pulse_cell(tile, row, col, v, w, count)
+        if self._pulse_cell(tile, row, col, v, w, count) is DEFERRED:
+            return
         self._emit("pulse_cell", tile, row=row, col=col, v_pulse_V=v, width_s=w, count=count)
 
     # ----------------------------------------------------------------- lifecycle
@@ -257,6 +273,13 @@ class Backend(abc.ABC):
     def safe_state(self) -> None:
         """Outputs off, every line grounded. Safe to call at any time, repeatedly."""
         self._safe_state()
+
+    def settle(self) -> None:
+        """Wait until the instrument has confirmed every operation sent so far, so that :attr:`seq` and the
+        listeners (the op log) account for all of them; raises the error of one that failed. A backend that
+        pipelines writes (the tester driver) returns from a write before its confirmation; others do nothing."""
+        self._check_open()
+        self._settle()
 
     def close(self) -> None:
         """Leave the array safe and release it. Idempotent."""
@@ -292,19 +315,24 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _outer_pulse(self, tile: int, p: np.ndarray, q: np.ndarray, polarity: int, slots: int,
-                     mode: str, v_pulse_V: float, width_s: float) -> None: ...
+                     mode: str, v_pulse_V: float, width_s: float) -> _Deferred | None: ...
 
     @abc.abstractmethod
-    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> None: ...
+    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float,
+                 width_s: float) -> _Deferred | None: ...
 
     @abc.abstractmethod
-    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int) -> None: ...
+    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float,
+                    count: int) -> _Deferred | None: ...
 
     def _describe(self) -> dict[str, Any]:
         return {}
 
     def _safe_state(self) -> None:
         """Default: nothing is driven between operations (the simulator); instruments override."""
+
+    def _settle(self) -> None:
+        """Default: every operation is confirmed when its method returns; instruments that pipeline override."""
 
     def _close(self) -> None:
         """Release resources; instruments override."""

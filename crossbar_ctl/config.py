@@ -36,6 +36,8 @@ class BackendSection(_Section):
     visa_library: str = Field("@py", description='pyvisa library for kind "visa": "@py", "@ivi", "path.yaml@sim"')
     baud: int = Field(115200, gt=0, description='serial line rate (baud) for kind "serial"')
     parity: Literal["N", "E", "O"] = Field("N", description='serial parity for kind "serial": N, E or O')
+    pipeline_writes: bool = Field(True, description="tester links: send the next command before reading a "
+                                  "write's status (its error then surfaces at the next call); false waits for it")
 
 
 class ArraySection(_Section):

@@ -264,6 +264,7 @@ class Trainer:
         return self.out_dir / "checkpoint.npz"
 
     def _save(self) -> None:
+        self.backend.settle()  # every operation sent is confirmed and logged before the checkpoint counts them
         arrays: dict[str, np.ndarray] = {}
         for l, comp in enumerate(self.compressors):
             flatten_state(f"compressor{l}", comp.state_dict(), arrays)
