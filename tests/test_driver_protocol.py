@@ -17,9 +17,11 @@ from crossbar_instruments.visa_backend import VisaBackend
 YAML = Path(__file__).resolve().parents[1] / "hil" / "emulators" / "tester.yaml"
 
 
-def cfg(**limits: float):
+def cfg(pipeline: bool = False, **limits: float):
+    """The scripted tester's config; writes wait for their status unless ``pipeline``."""
     return config_from_dict({"array": {"tiles": 1, "rows": 2, "cols": 3}, "limits": limits,
-                             "backend": {"kind": "visa", "address": "scripted", "retries": 2, "backoff_s": 0.0}})
+                             "backend": {"kind": "visa", "address": "scripted", "retries": 2, "backoff_s": 0.0,
+                                         "pipeline_writes": pipeline}})
 
 
 OPENING = [
@@ -251,6 +253,64 @@ def test_resumed_sequence_numbers_are_synchronised() -> None:
         b.seq = 41  # e.g. a simulator state or checkpoint restored the op counter
         b.read_cell(0, 0, 0)
         b.read_cell(0, 0, 0)
+
+
+# --------------------------------------------------------------------------- pipelined writes
+VMM_2 = VMM_1.replace(b"VMM? 1,", b"VMM? 2,").replace(b"OUTP ON\n", b"")
+REPLY_VMM = b"F32,1x3,#212" + I_VMM + b"\n"
+
+
+def test_pipelined_write_returns_before_its_status_and_is_recorded_when_it_arrives() -> None:
+    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, done(1)),
+                        (VMM_2, REPLY_VMM)]  # sent before the program's status is read
+    records = []
+    with expected_protocol(VisaBackend, cfg(pipeline=True), script) as b:
+        b.add_listener(records.append)
+        b.program(0, PULSES)
+        assert b.seq == 0 and not records and b.transport.pos == len(OPENING) + 1  # sent, status unread
+        np.testing.assert_array_equal(b.read_vmm(0, [1.0, 2.0]), np.frombuffer(I_VMM, "<f4"))
+        assert b.seq == 2 and [(r.seq, r.kind, r.status) for r in records] == [(1, "program", "ok"),
+                                                                             (2, "read_vmm", "ok")]
+
+
+def test_settle_and_close_read_the_pending_status() -> None:
+    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, done(1)),
+                        (PROG_1.replace(b"PROG 1,", b"PROG 2,") + STATUS, done(2)), SAFE]
+    with expected_protocol(VisaBackend, cfg(pipeline=True), script) as b:
+        b.program(0, PULSES)
+        b.settle()
+        assert b.seq == 1
+        b.program(0, PULSES)
+        b.close()  # settles (seq 2) before OUTP OFF
+        assert b.seq == 2
+
+
+def test_pipelined_write_error_is_raised_by_settle_and_the_tester_still_made_safe() -> None:
+    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, done(0, b'-222,"Data out of range"')),
+                        (b"SYST:ERR?\n", OK), SAFE]
+    with expected_protocol(VisaBackend, cfg(pipeline=True), script) as b:
+        b.program(0, PULSES)
+        with pytest.raises(InstrumentError) as e:
+            b.close()
+        assert e.value.code == -222 and b.seq == 0 and b.transport.pos == len(script)  # SAFE was sent
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_link_lost_with_a_pending_write_applies_it_exactly_once(applied: bool) -> None:
+    script = OPENING + [(b"OUTP ON\n" + PROG_1 + STATUS, ConnectionLostError("reset")),
+                        (VMM_2, None),  # goes out behind the program; reading the program's status fails
+                        (b"SYST:SYNC? 2\n", b"2\n"), (b"*CLS\nSEQ:LAST?\n", b"1\n" if applied else b"0\n")]
+    if applied:  # logged late; the read is sent again, outputs first (a disconnect left the tester safe)
+        script.append((b"OUTP ON\n" + VMM_2, REPLY_VMM))
+    else:  # the program is sent again and confirmed before the read
+        script += [(b"OUTP ON\n" + PROG_1 + STATUS, done(1)), (VMM_2, REPLY_VMM)]
+    records = []
+    with expected_protocol(VisaBackend, cfg(pipeline=True), script) as b:
+        b.add_listener(records.append)
+        b.program(0, PULSES)
+        b.read_vmm(0, [1.0, 2.0])
+        assert b.seq == 2 and b.reconnects == 1
+        assert [(r.seq, r.status) for r in records] == [(1, "late" if applied else "ok"), (2, "ok")]
 
 
 def test_geometry_that_disagrees_with_the_config_is_refused() -> None:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -228,6 +229,7 @@ def test_safe_state_after_an_exception_in_a_with_block(tcp) -> None:
     with pytest.raises(ZeroDivisionError):
         with visa(emu) as b:
             b.program(0, np.ones((12, 7), dtype=int))
+            b.settle()  # (a pipelined write returns once sent)
             assert emu.tester.output_on
             1 / 0
     wait_for(lambda: emu.tester.safe_events[-2:] == ["OUTP OFF", "disconnect"])
@@ -260,24 +262,53 @@ def test_garbled_reply_raises_protocol_error_with_the_raw_bytes(tcp) -> None:
         assert b.seq == ref.seq == N_OPS + 1 and b.reconnects == 1
 
 
-def test_instrument_errors_raise_instrument_error(tcp) -> None:
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_instrument_errors_raise_instrument_error(tcp, pipeline: bool) -> None:
+    """A refused or failed write raises InstrumentError at its call, or (pipelined) at settle(); no sequence
+    number is used twice or skipped either way."""
     tight = dict(BASE, limits={"max_voltage_V": 2.5, "max_pulses_per_device": 5})
     emu = tcp(make_cfg(tight))
-    with visa(emu) as b:  # the client allows 3 V and 1000 pulses; the tester refuses
+    with visa(emu, pipeline_writes=pipeline) as b:  # the client allows 3 V and 1000 pulses; the tester refuses
         with pytest.raises(InstrumentError) as e:
             b.read_vmm(0, np.full(12, 2.8))
         assert e.value.code == -222 and "max_voltage_V" in e.value.text
         with pytest.raises(InstrumentError) as e:
             b.program(0, np.full((12, 7), 9))
+            b.settle()
         assert e.value.code == -222 and "max_pulses_per_device" in e.value.text
         assert b.seq == 0
         emu.tester.push_error(-240, "Hardware error; relay stuck")
         with pytest.raises(InstrumentError) as e:
             b.pulse_cell(0, 0, 0, 2.0, 1e-6, 1)
+            b.settle()
         assert (e.value.code, e.value.text) == (-240, "Hardware error; relay stuck")
         assert b.seq == 1 and emu.tester.applied_seqs == [1]  # it was applied: logged, no sequence gap
         b.read_vmm(0, np.zeros(12))
         assert emu.tester.applied_seqs == [1, 2]
+
+
+def test_pipelined_write_error_surfaces_at_the_next_call(tcp, tmp_path: Path) -> None:
+    """A pipelined write the tester refuses is reported by the next call (naming the write); the command sent
+    behind it is resolved on reconnection, and the op log still equals what the tester applied."""
+    from crossbar_ctl.oplog import OpLog, read_log
+
+    tight = dict(BASE, limits={"max_pulses_per_device": 5})
+    emu = tcp(make_cfg(tight))
+    with visa(emu) as b:
+        log = OpLog(tmp_path / "oplog.h5")
+        b.add_listener(log.record)
+        b.program(0, np.full((12, 7), 2))  # seq 1: fine
+        b.program(0, np.full((12, 7), 9))  # seq 2: the tester refuses it; this call has already returned
+        with pytest.raises(InstrumentError) as e:
+            b.read_vmm(0, np.zeros(12))  # seq 3 goes out behind it, then the refusal is read
+        assert e.value.code == -222 and "program (seq 2)" in e.value.text
+        assert b.seq == 1
+        out = b.read_vmm(0, np.zeros(12))  # reconnects; seq 2 again, this time a read
+        assert out.shape == (7,) and b.seq == 2 and b.reconnects == 1
+        log.close()
+    assert emu.tester.applied_seqs == [1, 2]
+    rows = read_log(tmp_path / "oplog.h5")
+    assert rows["ops"]["seq"].tolist() == [1, 2] and rows["kind"] == ["program", "read_vmm"]
 
 
 def test_stalled_tester_times_out_within_the_timeout(tcp) -> None:

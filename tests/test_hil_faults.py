@@ -5,7 +5,9 @@
   unfaulted run's;
 * stalls, garbage replies, instrument errors: the run stops with the typed error (InstrumentTimeoutError,
   ProtocolError, InstrumentError), the tester is left safe, and the run resumes from its checkpoint; the op log
-  never has a duplicate or a gap and always equals the sequence numbers the tester applied.
+  never has a duplicate or a gap and always equals the sequence numbers the tester applied;
+
+each with pipelined writes (the default) and without.
 """
 from __future__ import annotations
 
@@ -37,8 +39,10 @@ def wait_for(cond, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_dropped_connections_are_transparent(tmp_path: Path) -> None:
-    cfg = tiny("backend.retries=3", "backend.backoff_s=0.0", "training.epochs=2")
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_dropped_connections_are_transparent(tmp_path: Path, pipeline: bool) -> None:
+    cfg = tiny("backend.retries=3", "backend.backoff_s=0.0", "training.epochs=2",
+               f"backend.pipeline_writes={str(pipeline).lower()}")
     ref = connect(cfg)
     full = Trainer(cfg, tmp_path / "ref", backend=ref, progress=False).run()
     n_ops = ref.seq
@@ -65,11 +69,12 @@ def test_dropped_connections_are_transparent(tmp_path: Path) -> None:
     assert read_log(tmp_path / "run" / "oplog.h5")["params"] == read_log(tmp_path / "ref" / "oplog.h5")["params"]
 
 
+@pytest.mark.parametrize("pipeline", [True, False])
 @pytest.mark.parametrize("kind", ["stall", "garbage", "error"])
-def test_faults_stop_the_run_with_a_typed_error_and_it_resumes(kind: str, tmp_path: Path) -> None:
+def test_faults_stop_the_run_with_a_typed_error_and_it_resumes(kind: str, pipeline: bool, tmp_path: Path) -> None:
     timeout = 0.4
     base = ["training.limit_train=64", "training.limit_test=32", "backend.retries=3", "backend.backoff_s=0.0",
-            f"backend.timeout_s={timeout}"]
+            f"backend.timeout_s={timeout}", f"backend.pipeline_writes={str(pipeline).lower()}"]
     rng = np.random.default_rng({"stall": 1, "garbage": 2, "error": 3}[kind])
     run = tmp_path / "run"
     with TcpEmulator(sim_config(tiny(*base))).start() as emu:

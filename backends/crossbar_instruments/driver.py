@@ -10,6 +10,12 @@ Every hook builds one command with :mod:`crossbar_instruments.codec`, re-checks 
   sequence number and the oldest queued error, so the driver knows whether the operation was applied and whether
   it failed); queries return their reply or an error reply. Either way an instrument error raises
   :class:`~crossbar_ctl.errors.InstrumentError`;
+* with ``[backend].pipeline_writes`` (the default) a write returns once it is sent: its status is read after
+  the next command has gone out (or by :meth:`settle`, a query, the safe state), so the tester executes while the
+  host computes and the round trip is not waited for. The write is recorded when its status arrives; a failed one
+  is reported by the call that read its status (the command sent behind it is then resolved on reconnection,
+  like one whose reply was garbled). After a lost connection a pending write the tester had not applied is sent
+  again before anything else: every write a call returned from is applied exactly once;
 * replies are checked too: a current above ``compliance_current_A`` leaves the tester safe and raises
   InstrumentError(110).
 
@@ -33,7 +39,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from crossbar_ctl.backend import Backend, Capabilities
+from crossbar_ctl.backend import DEFERRED, Backend, Capabilities
 from crossbar_ctl.config import RunConfig
 from crossbar_ctl.errors import (BackendError, ConnectionLostError, InstrumentError, InstrumentTimeoutError,
                                  LimitError, ProtocolError)
@@ -74,6 +80,8 @@ class TesterBackend(Backend):
         self._output_on = False
         self._wire_seq = 0
         self._unresolved: _Op | None = None
+        self._pending: _Op | None = None  # a pipelined write: sent, returned to its caller, status not yet read
+        self._pipeline = bool(config.backend.pipeline_writes)
         self._syncs = 0
         self.reconnects = 0
         # Each operation waits for a round trip; a multi-threaded BLAS pool that spins between the host's small
@@ -157,6 +165,19 @@ class TesterBackend(Backend):
         self._open_link()
         last = self._query_now(encode_command("cls") + encode_command("seq_last_q"), "seq_last_q")["seq"]
         self._wire_seq = last
+        p = self._pending
+        if p is not None:  # its caller was told it is done: it must end up applied exactly once
+            if last >= p.seq:
+                self._pending = None
+                log.warning("%s (seq %d) was applied although its status was lost; logging it now", p.kind, p.seq)
+                self._emit(p.kind, p.tile, "late", **p.params)
+            elif last == p.seq - 1:
+                self._resend(p)
+                last = self._wire_seq
+            else:
+                raise BackendError(f"the instrument's last applied sequence number is {last} but this session "
+                                   f"sent {p.seq - 1} before its pending write: another client or a reset "
+                                   f"intervened; array state unknown")
         u, self._unresolved = self._unresolved, None
         if u is not None and last == u.seq == self.seq + 1:
             log.warning("%s (seq %d) was applied although its reply was lost; logging it now", u.kind, u.seq)
@@ -174,6 +195,8 @@ class TesterBackend(Backend):
     def _query(self, data: bytes, reply: str) -> dict[str, Any]:
         """A non-array round trip (re-sent after a reconnect)."""
 
+        self._settle()
+
         def once() -> dict[str, Any]:
             if self._t is None:
                 self._reconnect()
@@ -183,21 +206,25 @@ class TesterBackend(Backend):
 
     def _array_op(self, name: str, kind: str, tile: int, args: dict[str, Any],
                   emit: dict[str, Any]) -> dict[str, Any] | None:
-        """Send one sequence-numbered array operation; its reply values (queries) or None."""
+        """Send one sequence-numbered array operation; its reply values (queries), None (a confirmed write) or
+        DEFERRED (a pipelined write, recorded once its status arrives)."""
         spec = COMMANDS[name]
         check_limits(spec.params, args, self.limits, spec.short_header(tile))  # before any byte is sent
         if self._t is None:  # first resolve what an earlier failure left open: it may advance self.seq
             self._retrying(self._reconnect)
-        seq = self.seq + 1
+        if self._pending is not None and not (self._output_on and self._wire_seq == self.seq):
+            self._settle()  # this command needs a prefix (outputs, sequence): no overlap with the pending write
+        seq = (self.seq if self._pending is None else self._pending.seq) + 1
         args = {"seq": seq, **args}
         assert self._t is not None
         op = _Op(seq, kind, tile, emit, encode_command(name, tile, suppress_zeros=self._t.suppress_zeros, **args),
                  name)
+        deferred = self._pipeline and not spec.is_query
         state = {"sent": False}
 
-        def once() -> dict[str, Any] | None:
+        def once() -> Any:
             if self._t is None:
-                self._reconnect()
+                self._reconnect()  # (also settles a pending write, re-sending it if it was not applied)
                 if state["sent"] and self._wire_seq == seq and not spec.is_query:
                     return None  # applied before the link broke: do not send it again
             prefix = b""
@@ -209,8 +236,14 @@ class TesterBackend(Backend):
             state["sent"] = True
             assert self._t is not None
             self._t.write(prefix + op.command + suffix)
-            first = self._t.read_message()
             self._output_on = True
+            if self._pending is not None:  # its status was sent before this command's reply
+                self._collect(op)
+            if deferred:
+                self._wire_seq = self.seq
+                self._pending = op
+                return DEFERRED
+            first = self._t.read_message()
             self._wire_seq = self.seq
             if spec.is_query:
                 return self._finish_query(op, first)
@@ -219,9 +252,64 @@ class TesterBackend(Backend):
         try:
             return self._retrying(once)
         except (InstrumentTimeoutError, ProtocolError, ConnectionLostError, KeyboardInterrupt, SystemExit):
-            if state["sent"]:
+            if state["sent"] and self._pending is not op:
                 self._unresolved = op
             raise
+
+    # ----------------------------------------------------------------- pipelined writes
+    def _collect(self, following: _Op) -> None:
+        """Read the pending write's status (the command ``following`` it is already sent). Applied without error:
+        record it. Otherwise report it now; ``following`` is left to the next reconnection to resolve, like an
+        operation whose reply was garbled, since its reply is still on the way."""
+        p = self._pending
+        assert p is not None and self._t is not None
+        status = decode_reply("seq_status", self._t.read_message())  # a failure here leaves p pending
+        last, code, text = status["seq"], status["code"], status["text"]
+        self._pending = None
+        if last == p.seq and code == 0:
+            self._wire_seq = last
+            self._emit(p.kind, p.tile, **p.params)
+            return
+        if last == p.seq:  # applied, yet an error was queued
+            self._emit(p.kind, p.tile, "error", **p.params)
+        self._unresolved = following
+        self._drop()
+        where = f"{p.kind} (seq {p.seq}), the write sent before this call"
+        if code != 0:
+            raise InstrumentError(code, f"{text} [reported for {where}]")
+        raise BackendError(f"{where} was not applied and the tester reported no error (its last applied sequence "
+                           f"number is {last})")
+
+    def _settle(self) -> None:
+        """Wait for the pending write's status (if any) and record it; raise its error."""
+        if self._pending is None:
+            return
+
+        def once() -> None:
+            if self._t is None:
+                self._reconnect()  # resolves the pending write
+                return
+            p = self._pending
+            if p is None:
+                return
+            raw = self._t.read_message()  # a failure here leaves p pending
+            self._pending = None
+            self._finish_write(p, raw)
+            self._emit(p.kind, p.tile, **p.params)
+
+        self._retrying(once)
+
+    def _resend(self, p: _Op) -> None:
+        """After a reconnection: send the pending write ``p`` again (the tester had not applied it) and wait for
+        its status; it is recorded once applied."""
+        assert self._t is not None
+        prefix = b"" if self._output_on else encode_command("output", on=True)
+        self._t.write(prefix + p.command + _STATUS)
+        self._output_on = True
+        raw = self._t.read_message()  # a failure here leaves p pending (the next reconnection tries again)
+        self._pending = None
+        self._finish_write(p, raw)
+        self._emit(p.kind, p.tile, **p.params)
 
     def _finish_write(self, op: _Op, raw: bytes) -> None:
         """A command's status (``SEQ:STAT?``): was it applied (last applied sequence number), and the oldest
@@ -289,31 +377,39 @@ class TesterBackend(Backend):
                               {"row": row, "col": col, "v_read_V": v_read_V})["i"]
 
     def _outer_pulse(self, tile: int, p: np.ndarray, q: np.ndarray, polarity: int, slots: int, mode: str,
-                     v_pulse_V: float, width_s: float) -> None:
+                     v_pulse_V: float, width_s: float) -> Any:
         args = {"p": p, "q": q, "polarity": int(polarity), "slots": int(slots), "mode": mode, "v": v_pulse_V,
                 "width": width_s}
-        self._array_op("outer", "outer_pulse", tile, args,
+        return self._array_op("outer", "outer_pulse", tile, args,
                        {"row_drive": p, "col_drive": q, "polarity": polarity, "slots": slots, "mode": mode,
                         "v_pulse_V": v_pulse_V, "width_s": width_s})
 
-    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> None:
+    def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> Any:
         peak = abs_peak_total(pulses)[0]  # (int32, C-contiguous: the Backend boundary made it so)
         wire = pulses.astype(np.int16) if peak <= np.iinfo(np.int16).max else pulses
-        self._array_op("program", "program", tile,
+        return self._array_op("program", "program", tile,
                        {"pulses": wire, "v_set": v_set_V, "v_reset": v_reset_V, "width": width_s},
                        {"pulses": pulses, "v_set_V": v_set_V, "v_reset_V": v_reset_V, "width_s": width_s})
 
-    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int) -> None:
+    def _pulse_cell(self, tile: int, row: int, col: int, v_pulse_V: float, width_s: float, count: int) -> Any:
         args = {"row": int(row), "col": int(col), "v": v_pulse_V, "width": width_s, "count": int(count)}
-        self._array_op("cell_pulse", "pulse_cell", tile, args,
+        return self._array_op("cell_pulse", "pulse_cell", tile, args,
                        {"row": row, "col": col, "v_pulse_V": v_pulse_V, "width_s": width_s, "count": count})
 
     def _safe_state(self) -> None:
-        """``OUTP OFF`` and confirm with ``SYST:SAFE?`` (raises if the tester does not report safe)."""
+        """``OUTP OFF`` and confirm with ``SYST:SAFE?`` (raises if the tester does not report safe). A pending
+        write is settled first; if it failed, the tester is still made safe and then its error raised."""
+        failure: Exception | None = None
+        try:
+            self._settle()
+        except Exception as err:  # (a signal still propagates at once)
+            failure = err
         safe = self._query(encode_command("output", on=False) + encode_command("safe"), "safe")["safe"]
         self._output_on = False
         if not safe:
             raise InstrumentError(-200, "outputs switched off but the tester does not report its safe state")
+        if failure is not None:
+            raise failure
 
     def _close(self) -> None:
         self._drop()
@@ -342,6 +438,7 @@ class TesterBackend(Backend):
     def scpi(self, line: str) -> str | None:
         """Send one raw command line; return the reply line (without ``\\n``) if it is a query (diagnostics)."""
         self._check_open()
+        self._settle()
         data = line.encode("ascii").rstrip(b"\n") + b"\n"
 
         def once() -> str | None:
