@@ -94,23 +94,26 @@ def test_zero_suppressed_block_bytes() -> None:
     assert back.tobytes() == a.tobytes() and back.dtype == F32 and back.flags.writeable
     small = np.zeros(255, dtype=F32)  # 1020 bytes: below the size worth packing
     assert encode_array(small, ("F32",), suppress_zeros=True)[0] == b"F32"
+    fifth = np.ones(300, dtype=F32)
+    fifth[::5] = 0  # packed: 38 + 240 x 4 = 998 of 1200 bytes, more than SUPPRESS_MAX_RATIO (0.75)
+    assert encode_array(fifth, ("F32",), suppress_zeros=True)[0] == b"F32"
     half = np.ones(300, dtype=F32)
-    half[::2] = 0  # packing would save less than half
-    assert encode_array(half, ("F32",), suppress_zeros=True)[0] == b"F32"
+    half[::2] = 0  # packed: 38 + 150 x 4 = 638 of 1200 bytes, 0.53
+    assert encode_array(half, ("F32",), suppress_zeros=True)[0] == b"ZF32"
 
 
 def test_zero_suppressed_round_trips_every_dtype_and_shape() -> None:
     rng = np.random.default_rng(5)
-    for dtype in (np.float32, np.float64, np.int16, np.int32):
+    for dtype in (np.float32, np.float64, np.int8, np.int16, np.int32):
         for shape in ((785,), (64, 785), (785, 200), (3, 0)):
             a = np.zeros(shape, dtype=dtype)
             if a.size:
                 a.flat[rng.choice(a.size, a.size // 10, replace=False)] = rng.integers(-5, 5, a.size // 10)
-            name, shape_text, block = encode_array(a, ("F32", "F64", "I16", "I32"), suppress_zeros=True)
+            name, shape_text, block = encode_array(a, ("F32", "F64", "I8", "I16", "I32"), suppress_zeros=True)
             assert name.startswith(b"Z") == (a.nbytes >= 1024)
             start = 2 + block[1] - 0x30
-            back = decode_array(name.decode(), shape_text.decode(), block[start:], ("F32", "F64", "I16", "I32"),
-                                len(shape), b"")
+            back = decode_array(name.decode(), shape_text.decode(), block[start:],
+                                ("F32", "F64", "I8", "I16", "I32"), len(shape), b"")
             assert back.dtype == a.dtype and back.shape == a.shape and back.tobytes() == a.tobytes()
 
 

@@ -175,7 +175,8 @@ def test_sparse_arrays_travel_zero_suppressed_over_serial_and_decode_the_same() 
             assert np.array_equal(b.read_vmm(0, v), ref.read_vmm(0, v))
             assert np.array_equal(b.true_conductance(0), ref.true_conductance(0))
     heads = [w.split(b"#", 1)[0] for w in sent]
-    assert any(b"PROG 1,ZI16,785x200," in h for h in heads) and any(b"OPUL 2,ZF64,785," in h for h in heads)
+    # counts within ±127 travel as int8 on a slow link
+    assert any(b"PROG 1,ZI8,785x200," in h for h in heads) and any(b"OPUL 2,ZF64,785," in h for h in heads)
     assert any(b"VMM? 3,ZF32,8x785," in h for h in heads)
 
 

@@ -82,6 +82,7 @@ class TesterBackend(Backend):
         self._unresolved: _Op | None = None
         self._pending: _Op | None = None  # a pipelined write: sent, returned to its caller, status not yet read
         self._pipeline = bool(config.backend.pipeline_writes)
+        self._slow_link = False  # the transport's suppress_zeros, kept across reconnections
         self._syncs = 0
         self.reconnects = 0
         # Each operation waits for a round trip; a multi-threaded BLAS pool that spins between the host's small
@@ -107,6 +108,7 @@ class TesterBackend(Backend):
         t = self._factory()
         t.open()
         self._t = t
+        self._slow_link = t.suppress_zeros
         self._syncs += 1
         t.write(encode_command("sync", token=self._syncs))
         for _ in range(SYNC_TRIES):
@@ -386,7 +388,10 @@ class TesterBackend(Backend):
 
     def _program(self, tile: int, pulses: np.ndarray, v_set_V: float, v_reset_V: float, width_s: float) -> Any:
         peak = abs_peak_total(pulses)[0]  # (int32, C-contiguous: the Backend boundary made it so)
-        wire = pulses.astype(np.int16) if peak <= np.iinfo(np.int16).max else pulses
+        if peak <= 127 and self._slow_link:  # (a slow link, where every byte counts: counts travel as int8)
+            wire = pulses.astype(np.int8)
+        else:
+            wire = pulses.astype(np.int16) if peak <= np.iinfo(np.int16).max else pulses
         return self._array_op("program", "program", tile,
                        {"pulses": wire, "v_set": v_set_V, "v_reset": v_reset_V, "width": width_s},
                        {"pulses": pulses, "v_set_V": v_set_V, "v_reset_V": v_reset_V, "width_s": width_s})
