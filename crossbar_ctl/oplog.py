@@ -16,7 +16,8 @@ by :meth:`OpLog.flush` (every ``flush_every`` operations, 1 by default; the trai
 ``[logging].op_log_flush = "batch"``, flushes at batch ends instead; always on close), which ends with
 ``H5Fflush``; a flush interrupted by a signal is redone by the next one. Rows not yet flushed are also written
 to the journal (:mod:`crossbar_ctl.oplog_journal`, one ``os.write`` per operation), which the next open of the log
-(or :func:`read_log`) recovers: a process that dies loses at most the operation in flight, and of the operations
+(or :func:`read_log`) recovers: a process that dies loses at most the operations in flight (one, or two when an
+instrument driver pipelines writes: a write is logged when its status arrives), and of the operations
 after the last flush only the sha256 of large arrays still being computed (recorded as ``null``). An exception
 or a signal loses nothing: the trainer closes the log in a ``finally``. What ``log show`` prints is made by
 :mod:`crossbar_ctl.oplog_summary`. Writes go through h5py's
