@@ -113,6 +113,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_emulate(args: argparse.Namespace) -> int:
     from crossbar_instruments.emulator import main as emulate
 
+    if args.threads < 1:
+        raise CrossbarError(f"--threads must be at least 1, got {args.threads}")
+    import numba
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     cfg = load_config(args.config, args.set)
     if args.rig == "smu-matrix":
         from crossbar_instruments.smu_rig import serve_rig
@@ -192,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tester: the array tester of hil/PROTOCOL.md; smu-matrix: a 2600B SMU and a 707B matrix "
                             "wired as [smu_matrix] says, on two TCP ports (--port and --matrix-port; prints both)")
     p_emu.add_argument("--matrix-port", type=int, default=0, help="smu-matrix: TCP port of the matrix (0: any)")
+    p_emu.add_argument("--threads", type=int, default=1,
+                       help="threads of the simulated device's kernels (default 1: a client on the same machine needs "
+                            "the other cores; results are the same for any count)")
     p_emu.set_defaults(func=cmd_emulate)
 
     from crossbar_protocols.cli import add_protocol_parser
