@@ -387,3 +387,10 @@ def test_cli_emulate_serves_until_sigterm_and_leaves_safe(transport: str, tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_emulate_refuses_a_thread_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossbar_ctl.cli import main
+
+    assert main(["emulate", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
