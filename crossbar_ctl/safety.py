@@ -50,6 +50,18 @@ class _Operation:
             if exc_type is None:
                 raise pending
 
+    def failed(self) -> None:
+        """Leave the section of an operation that raised: its own exception is what propagates."""
+        self.depth -= 1
+        if self.depth == 0:
+            self.pending = None
+
+    def raise_pending(self) -> None:
+        """Raise the deferred stop (the outermost operation has returned)."""
+        pending, self.pending = self.pending, None
+        assert pending is not None
+        raise pending
+
     def defer(self, exc: BaseException) -> bool:
         """Hold ``exc`` until the operation in flight returns; False if none is in flight (raise it now)."""
         if self.depth > 0 and self.pending is None:
@@ -77,14 +89,11 @@ def operation(fn: F) -> F:
         try:
             out = fn(*args, **kwargs)
         except BaseException:
-            op.depth -= 1
-            if op.depth == 0:
-                op.pending = None  # the operation failed: its own exception is what propagates
+            op.failed()
             raise
         op.depth -= 1
         if op.depth == 0 and op.pending is not None:
-            pending, op.pending = op.pending, None
-            raise pending
+            op.raise_pending()
         return out
 
     return wrapper  # type: ignore[return-value]
@@ -106,14 +115,11 @@ def read_operation(fn: F) -> F:
         try:
             out = fn(self, tile, v)
         except BaseException:
-            op.depth -= 1
-            if op.depth == 0:
-                op.pending = None
+            op.failed()
             raise
         op.depth -= 1
         if op.depth == 0 and op.pending is not None:
-            pending, op.pending = op.pending, None
-            raise pending
+            op.raise_pending()
         return out
 
     return wrapper  # type: ignore[return-value]
