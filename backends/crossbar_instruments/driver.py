@@ -291,15 +291,19 @@ class TesterBackend(Backend):
             if self._t is None:
                 self._reconnect()  # resolves the pending write
                 return
-            p = self._pending
-            if p is None:
-                return
-            raw = self._t.read_message()  # a failure here leaves p pending
-            self._pending = None
-            self._finish_write(p, raw)
-            self._emit(p.kind, p.tile, **p.params)
+            if self._pending is not None:
+                self._confirm_pending()
 
         self._retrying(once)
+
+    def _confirm_pending(self) -> None:
+        """Read the pending write's status now (nothing was sent behind it) and record it; raise its error."""
+        p = self._pending
+        assert p is not None and self._t is not None
+        raw = self._t.read_message()  # a failure here leaves p pending (the next reconnection resolves it)
+        self._pending = None
+        self._finish_write(p, raw)
+        self._emit(p.kind, p.tile, **p.params)
 
     def _resend(self, p: _Op) -> None:
         """After a reconnection: send the pending write ``p`` again (the tester had not applied it) and wait for
@@ -308,10 +312,7 @@ class TesterBackend(Backend):
         prefix = b"" if self._output_on else encode_command("output", on=True)
         self._t.write(prefix + p.command + _STATUS)
         self._output_on = True
-        raw = self._t.read_message()  # a failure here leaves p pending (the next reconnection tries again)
-        self._pending = None
-        self._finish_write(p, raw)
-        self._emit(p.kind, p.tile, **p.params)
+        self._confirm_pending()
 
     def _finish_write(self, op: _Op, raw: bytes) -> None:
         """A command's status (``SEQ:STAT?``): was it applied (last applied sequence number), and the oldest
